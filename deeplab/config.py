@@ -1,0 +1,308 @@
+"""Run configuration: one dataclass tree loaded from YAML, overridden with ``--set``, validated once.
+
+The resolved tree is the run's identity (``config_hash``) and is saved whole with every run and checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from deeplab.errors import DeeplabError
+
+
+@dataclass
+class SynthConfig:
+    """A synthetic Cityscapes-layout dataset generated at ``data.root`` when it does not exist yet."""
+
+    train: int = 32
+    val: int = 8
+    height: int = 128
+    width: int = 256
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/cityscapes"
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: tuple[int, int] = (768, 768)  # (height, width)
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)  # one drawn per image
+    pad_to_crop: bool = False  # seed: images smaller than the crop are upscaled, not padded
+    hflip: float = 0.5
+    color_jitter: tuple[float, float, float] = (0.5, 0.5, 0.5)  # brightness, contrast, saturation
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    batch_size_per_gpu: int = 4
+    num_workers: int = 4
+    val_max_images: int = 0  # 0 = the whole split
+    strict: bool = False  # check split sizes against the official 2975/500/1525
+    synthetic: SynthConfig | None = None
+
+
+@dataclass
+class ModelConfig:
+    backbone: Literal["resnet50", "resnet101"] = "resnet101"
+    output_stride: Literal[8, 16] = 16
+    image_pooling: bool = False  # the seed has the ASPP image-pooling branch off
+    weights: str = "imagenet"  # "none", "imagenet" (torchvision) or a path to a state_dict file
+    num_classes: int = 19
+    aspp_channels: int = 256
+    low_level_channels: int = 48
+    decoder_channels: int = 256
+    sync_bn: bool = True  # only takes effect with world size > 1 on GPU
+
+
+@dataclass
+class LossConfig:
+    name: Literal["ohem", "ce"] = "ohem"
+    ohem_thresh: float = 0.7  # keep pixels whose true-class probability is at most this
+    ohem_min_kept_divisor: int = 16  # n_min = B*H*W / divisor
+    ignore_index: int = 255
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    no_decay_bn: Literal["none", "backbone", "all"] = "backbone"  # seed: backbone BN only
+    no_decay_bias: bool = False
+
+
+@dataclass
+class ScheduleConfig:
+    warmup: Literal["exp", "linear", "none"] = "exp"
+    warmup_iters: int = 1000
+    warmup_start_lr: float = 5e-6
+    power: float = 0.9
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 41000
+    seed: int = 0
+    eval_every: int = 2000  # 0 = only at the end
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    deterministic: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class EvalConfig:
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    batch_size: int = 1
+    per_image: bool = True  # keep per-image confusion matrices (the analysis bootstraps over images)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Fields that change how a run executes but not what it computes: left out of the run's identity.
+NON_IDENTITY = frozenset({"data.num_workers", "train.log_every", "train.checkpoint_every"})
+
+
+def _check(cond: bool, key: str, expected: str, value: Any) -> None:
+    if not cond:
+        raise DeeplabError(f"config: {key} must be {expected}, got {value!r}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        _check(value in choices, key, "one of " + ", ".join(map(repr, choices)), value)
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        _check(isinstance(value, (list, tuple)), key, "a list", value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        _check(len(value) == len(args), key, f"a list of {len(args)} values", value)
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        _check(isinstance(value, dict), key, "a mapping", value)
+        return _from_dict(tp, value, key + ".")
+    if tp is bool:
+        _check(isinstance(value, bool), key, "true or false", value)
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
+        return value
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, "a number", value)
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, "a string", value)
+        return value
+    raise TypeError(f"unsupported config type {tp} at {key}")
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(names)})"
+            raise DeeplabError(f"config: unknown key {prefix}{key}{hint}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain YAML/JSON-able data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (what MLflow params and grids use)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise DeeplabError(f"config: cannot set {dotted}: {part} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.iterations=100"`` → ``("train.iterations", 100)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise DeeplabError(f"--set {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise DeeplabError(f"--set {key}: value {raw!r} is not valid YAML ({err.__class__.__name__})") from err
+    return key.strip(), value
+
+
+def from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
+    """Build and validate a Config from nested data plus dotted overrides."""
+    data = json.loads(json.dumps(data or {}))
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    cfg = _from_dict(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Load a YAML config file; ``overrides`` are ``key=value`` strings or a dotted-key mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DeeplabError(f"config file not found: {path}") from None
+    except OSError as err:
+        raise DeeplabError(f"config file {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise DeeplabError(f"config file {path}{where}: not valid YAML") from None
+    if data is not None and not isinstance(data, dict):
+        raise DeeplabError(f"config file {path}: expected a mapping at the top level")
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    try:
+        return from_dict(data or {}, overrides)
+    except DeeplabError as err:
+        raise DeeplabError(f"{path}: {err}") from None
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    d, t = cfg.data, cfg.train
+    _check(all(s > 0 for s in d.crop_size), "data.crop_size", "positive", list(d.crop_size))
+    _check(len(d.scales) > 0 and all(s > 0 for s in d.scales), "data.scales", "positive numbers", d.scales)
+    _check(0.0 <= d.hflip <= 1.0, "data.hflip", "in [0, 1]", d.hflip)
+    _check(all(0.0 <= j < 1.0 for j in d.color_jitter), "data.color_jitter", "each in [0, 1)", d.color_jitter)
+    _check(all(s > 0 for s in d.std), "data.std", "positive", d.std)
+    _check(d.batch_size_per_gpu >= 1, "data.batch_size_per_gpu", ">= 1", d.batch_size_per_gpu)
+    _check(d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers)
+    _check(d.val_max_images >= 0, "data.val_max_images", ">= 0", d.val_max_images)
+    if d.synthetic is not None:
+        s = d.synthetic
+        _check(s.train >= 1 and s.val >= 1, "data.synthetic.train/val", ">= 1", (s.train, s.val))
+        _check(s.height >= 32 and s.width >= 32, "data.synthetic.height/width", ">= 32", (s.height, s.width))
+    m = cfg.model
+    _check(m.num_classes >= 2, "model.num_classes", ">= 2", m.num_classes)
+    for key in ("aspp_channels", "low_level_channels", "decoder_channels"):
+        _check(getattr(m, key) >= 1, f"model.{key}", ">= 1", getattr(m, key))
+    _check(0.0 < cfg.loss.ohem_thresh <= 1.0, "loss.ohem_thresh", "in (0, 1]", cfg.loss.ohem_thresh)
+    _check(cfg.loss.ohem_min_kept_divisor >= 1, "loss.ohem_min_kept_divisor", ">= 1", cfg.loss.ohem_min_kept_divisor)
+    _check(cfg.optim.lr > 0, "optim.lr", "> 0", cfg.optim.lr)
+    _check(0.0 <= cfg.optim.momentum < 1.0, "optim.momentum", "in [0, 1)", cfg.optim.momentum)
+    _check(cfg.optim.weight_decay >= 0, "optim.weight_decay", ">= 0", cfg.optim.weight_decay)
+    sc = cfg.schedule
+    _check(sc.warmup_iters >= 0, "schedule.warmup_iters", ">= 0", sc.warmup_iters)
+    _check(sc.warmup_start_lr > 0, "schedule.warmup_start_lr", "> 0", sc.warmup_start_lr)
+    _check(sc.power > 0, "schedule.power", "> 0", sc.power)
+    _check(t.iterations >= 1, "train.iterations", ">= 1", t.iterations)
+    _check(sc.warmup_iters < t.iterations, "schedule.warmup_iters", "< train.iterations", sc.warmup_iters)
+    for key in ("eval_every", "checkpoint_every"):
+        _check(getattr(t, key) >= 0, f"train.{key}", ">= 0", getattr(t, key))
+    _check(t.log_every >= 1, "train.log_every", ">= 1", t.log_every)
+    e = cfg.eval
+    _check(len(e.scales) > 0 and all(s > 0 for s in e.scales), "eval.scales", "positive numbers", e.scales)
+    _check(e.batch_size >= 1, "eval.batch_size", ">= 1", e.batch_size)
+
+
+def config_hash(cfg: Config) -> str:
+    """12 hex digits identifying what a run computes (execution-only fields excluded)."""
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in NON_IDENTITY}
+    blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,144 @@
+"""The engine's only window on the outside world: a small tracker interface.
+
+``deeplab/`` never imports mlflow; ``experiments/`` adapts this interface to MLflow. Metric names below are
+fixed: the analysis reads them back.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Protocol
+
+# Metric names (flat, namespaced, step = iteration).
+TRAIN_LOSS = "train/loss"
+TRAIN_LR = "train/lr"
+ITER_TIME = "time/iter_s"
+VAL_MIOU = "val/mIoU"
+VAL_MIOU_SEED = "val/mIoU_seed_metric"
+VAL_IOU_PREFIX = "val/IoU/"  # + class name with spaces as underscores, e.g. val/IoU/traffic_light
+
+# Artifact paths (relative to the run's artifact root).
+ARTIFACT_CONFIG = "config.yaml"
+ARTIFACT_VAL_DIR = "val"  # val/iter_000123/classes.csv, per-class IoU table at each validation
+ARTIFACT_CONFUSION = "final/confusion.npy"  # (n+1)x(n+1) int64, row = GT train id, last col = void prediction
+ARTIFACT_PER_IMAGE = "final/per_image_confusion.npz"  # arrays "names" (image ids) and "confusion" (N,n+1,n+1)
+ARTIFACT_OVERLAYS = "final/overlays"  # a few PNG overlays of predictions
+
+
+def iou_metric_name(class_name: str) -> str:
+    """``"traffic light"`` → ``"val/IoU/traffic_light"``."""
+    return VAL_IOU_PREFIX + class_name.replace(" ", "_")
+
+
+class Tracker(Protocol):
+    """What the engine reports through. Implementations may buffer; ``flush`` makes points durable."""
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str = "") -> None:
+        """Copy a file (or a directory's files) under ``artifact_path`` in the run's artifacts."""
+        ...
+
+    def flush(self) -> None:
+        """Make every point logged so far durable (called before each checkpoint is written)."""
+        ...
+
+    def close(self, status: str) -> None:
+        """End the run: ``FINISHED``, ``FAILED`` or ``KILLED`` (preempted; it will resume)."""
+        ...
+
+
+class NullTracker:
+    """Reports nothing."""
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str = "") -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, status: str) -> None:
+        pass
+
+
+class JsonlTracker:
+    """The default tracker: ``metrics.jsonl``, ``params.json``, ``tags.json`` and ``artifacts/`` in the run dir.
+
+    Points are buffered and appended at ``flush``; after a resume, points at steps already on disk are skipped,
+    so the history holds every step exactly once.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._buffer: list[dict[str, Any]] = []
+        self._last_step = self._read_last_steps()
+
+    def _read_last_steps(self) -> dict[str, int]:
+        last: dict[str, int] = {}
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    point = json.loads(line)
+                except json.JSONDecodeError:  # a torn last line from a kill mid-write
+                    continue
+                last[point["key"]] = max(last.get(point["key"], -1), point["step"])
+        return last
+
+    def _merge_json(self, name: str, values: dict[str, Any]) -> None:
+        path = self.run_dir / name
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data.update(values)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.replace(path)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._merge_json("params.json", params)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._merge_json("tags.json", tags)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            if step > self._last_step.get(key, -1):
+                self._buffer.append({"key": key, "value": float(value), "step": int(step)})
+                self._last_step[key] = step
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str = "") -> None:
+        src = Path(local_path)
+        dest = self.run_dir / "artifacts" / artifact_path
+        dest.mkdir(parents=True, exist_ok=True)
+        if src.resolve().is_relative_to(dest.resolve()):
+            return
+        if src.is_dir():
+            shutil.copytree(src, dest / src.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, dest / src.name)
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.writelines(json.dumps(p) + "\n" for p in self._buffer)
+        self._buffer.clear()
+
+    def close(self, status: str) -> None:
+        self.flush()
+        self.set_tags({"status": status})
