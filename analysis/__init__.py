@@ -1,0 +1,1 @@
+"""MLflow runs → frames → statistics → figures → a report that answers the question."""

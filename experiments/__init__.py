@@ -1,0 +1,1 @@
+"""Sweeps: YAML grids → submitit jobs (SLURM, local) → MLflow runs."""
