@@ -5,6 +5,7 @@ The resolved tree is the run's identity (``config_hash``) and is saved whole wit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -149,7 +150,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         _check(len(value) == len(args), key, f"a list of {len(args)} values", value)
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if dataclasses.is_dataclass(tp):
         if value is None:
             value = {}
@@ -162,6 +163,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         _check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
         return value
     if tp is float:
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads "1e-3" as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, "a number", value)
         return float(value)
     if tp is str:

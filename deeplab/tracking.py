@@ -92,13 +92,16 @@ class JsonlTracker:
     def _read_last_steps(self) -> dict[str, int]:
         last: dict[str, int] = {}
         path = self.run_dir / "metrics.jsonl"
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    point = json.loads(line)
-                except json.JSONDecodeError:  # a torn last line from a kill mid-write
-                    continue
-                last[point["key"]] = max(last.get(point["key"], -1), point["step"])
+        if not path.exists():
+            return last
+        text = path.read_text()
+        if text and not text.endswith("\n"):  # a torn last line from a kill mid-write: drop it
+            text = text[: text.rfind("\n") + 1]
+            with open(path, "r+") as fh:
+                fh.truncate(len(text.encode()))
+        for line in text.splitlines():
+            point = json.loads(line)
+            last[point["key"]] = max(last.get(point["key"], -1), point["step"])
         return last
 
     def _merge_json(self, name: str, values: dict[str, Any]) -> None:
