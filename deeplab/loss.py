@@ -1,0 +1,53 @@
+"""Losses: plain cross-entropy and the seed's online hard example mining (OHEM) cross-entropy."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deeplab.config import LossConfig
+
+
+class OhemCrossEntropy(nn.Module):
+    """Mean cross-entropy over the hard pixels, with the seed's rule.
+
+    Hard pixels are those whose true-class probability is below ``thresh`` (loss > −log thresh). When no more
+    than ``n_min = B·H·W / min_kept_divisor`` pixels are hard, the ``n_min`` pixels with the highest loss are kept
+    instead (ties broken by ``topk``). Pixels labelled ``ignore_index`` are never kept. This equals the seed's
+    sort-and-threshold code whenever more than ``n_min`` pixels are labelled.
+    """
+
+    def __init__(self, thresh: float = 0.7, min_kept_divisor: int = 16, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.loss_thresh = -math.log(thresh)
+        self.min_kept_divisor = min_kept_divisor
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        n_min = target.numel() // self.min_kept_divisor
+        pixel_loss = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="none")
+        pixel_loss = pixel_loss.flatten()[target.flatten() != self.ignore_index]
+        if pixel_loss.numel() == 0:
+            return logits.sum() * 0.0  # keeps the graph (and DDP) intact on an all-void batch
+        hard = pixel_loss[pixel_loss > self.loss_thresh]
+        if hard.numel() > n_min:
+            return hard.mean()
+        k = min(max(n_min, 1), pixel_loss.numel())
+        return pixel_loss.topk(k, sorted=False).values.mean()
+
+
+def build_loss(cfg: LossConfig) -> nn.Module:
+    """OHEM (the seed) or plain cross-entropy, both ignoring ``cfg.ignore_index``."""
+    if cfg.name == "ohem":
+        return OhemCrossEntropy(cfg.ohem_thresh, cfg.ohem_min_kept_divisor, cfg.ignore_index)
+    return _FloatCrossEntropy(ignore_index=cfg.ignore_index)
+
+
+class _FloatCrossEntropy(nn.CrossEntropyLoss):
+    """Cross-entropy computed in fp32 even under autocast."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits.float(), target)

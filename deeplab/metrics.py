@@ -1,0 +1,103 @@
+"""Confusion-matrix metric with the official Cityscapes semantics, plus the seed's March-2020 variant.
+
+The matrix is ``(n+1)×(n+1)``: rows are ground-truth train ids, columns predictions; row ``n`` counts GT pixels
+of void (ignored) labels and column ``n`` predictions of a void label.
+
+NaN rule (as in the official evaluation): a class's IoU is NaN when ``TP + FP + FN = 0`` (absent from the
+ground truth and never predicted); mIoU is the mean over classes with a defined IoU.
+- Official: ``FN_c`` counts every GT-``c`` pixel not predicted ``c`` (void predictions included); ``FP_c``
+  counts non-void GT pixels predicted ``c`` (GT-void pixels are skipped).
+- Seed-compatible: ``FP_c`` additionally counts GT-void pixels predicted ``c`` (void in the union).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from deeplab.labels import CATEGORY_NAMES, CLASS_CATEGORIES, NUM_CLASSES
+
+
+def confusion(pred: torch.Tensor, gt: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    """``(n+1)×(n+1)`` int64 matrix of one prediction/GT pair of train ids (values ``>= n`` mean void)."""
+    n = num_classes
+    gt = gt.reshape(-1).long().clamp(max=n)
+    pred = pred.reshape(-1).long().clamp(max=n)
+    return torch.bincount(gt * (n + 1) + pred, minlength=(n + 1) ** 2).reshape(n + 1, n + 1)
+
+
+def iou_from_confusion(mat: np.ndarray, seed_metric: bool = False) -> np.ndarray:
+    """Per-class IoU (float64, NaN when undefined) of an ``(n+1)×(n+1)`` matrix or a stack ``(..., n+1, n+1)``."""
+    mat = np.asarray(mat, dtype=np.float64)
+    n = mat.shape[-1] - 1
+    tp = np.diagonal(mat, axis1=-2, axis2=-1)[..., :n]
+    fn = mat[..., :n, :].sum(axis=-1) - tp
+    fp_rows = mat[..., :, :n] if seed_metric else mat[..., :n, :n]
+    fp = fp_rows.sum(axis=-2) - tp
+    denom = tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, tp / np.where(denom > 0, denom, 1), np.nan)
+
+
+def mean_iou(iou: np.ndarray) -> float:
+    """Mean over classes with a defined IoU (NaN when none is).
+
+    Summed left to right in Python floats, as the official script does, so the result is bit-equal to it.
+    """
+    defined = [float(v) for v in np.asarray(iou, dtype=np.float64) if not np.isnan(v)]
+    total = 0.0
+    for value in defined:
+        total += value
+    return total / len(defined) if defined else float("nan")
+
+
+def category_iou(mat: np.ndarray) -> np.ndarray:
+    """IoU of the 7 categories from a class matrix of train-id predictions (official category semantics)."""
+    mat = np.asarray(mat, dtype=np.float64)
+    n = mat.shape[-1] - 1
+    cats = np.array([CATEGORY_NAMES.index(c) for c in CLASS_CATEGORIES[:n]])
+    onehot = np.zeros((n + 1, len(CATEGORY_NAMES) + 1))
+    onehot[np.arange(n), cats] = 1
+    onehot[n, -1] = 1  # void stays void
+    cat_mat = onehot.T @ mat @ onehot
+    return iou_from_confusion(cat_mat)
+
+
+@dataclass
+class MetricResult:
+    iou: np.ndarray
+    miou: float
+    iou_seed: np.ndarray
+    miou_seed: float
+    category_iou: np.ndarray
+    category_miou: float
+
+
+class ConfusionMatrix:
+    """Accumulates ``(n+1)×(n+1)`` confusion counts on the device of the predictions."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, device: torch.device | str | None = None) -> None:
+        self.num_classes = num_classes
+        self.mat = torch.zeros(num_classes + 1, num_classes + 1, dtype=torch.int64, device=device)
+
+    def update(self, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """Add one batch; returns its own matrix (for per-image bookkeeping)."""
+        mat = confusion(pred, gt.to(pred.device), self.num_classes)
+        self.mat = self.mat.to(mat.device) + mat
+        return mat
+
+    def reset(self) -> None:
+        self.mat.zero_()
+
+    def reduce_from_all_processes(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.mat)
+
+    def compute(self) -> MetricResult:
+        mat = self.mat.cpu().numpy()
+        iou, iou_seed = iou_from_confusion(mat), iou_from_confusion(mat, seed_metric=True)
+        cat = category_iou(mat) if self.num_classes == NUM_CLASSES else np.full(len(CATEGORY_NAMES), np.nan)
+        return MetricResult(iou, mean_iou(iou), iou_seed, mean_iou(iou_seed), cat, mean_iou(cat))

@@ -1,0 +1,62 @@
+"""Synchronised batch norm for DDP: torch's SyncBatchNorm on CUDA, a small all-reduce version on CPU (gloo).
+
+torch's SyncBatchNorm refuses CPU tensors; CpuSyncBatchNorm makes a 2-process gloo run compute the same batch
+statistics as one process on the concatenated batch, so CPU tests can pin DDP equivalence.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.nn.functional import all_reduce
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class CpuSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics are summed over all ranks (autograd-aware all_reduce)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and _distributed()):
+            return super().forward(x)
+        channels = x.shape[1]
+        local = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), x.new_full((1,), x.numel() // channels)])
+        total = all_reduce(local, op=dist.ReduceOp.SUM)
+        count = total[-1]
+        mean = total[:channels] / count
+        var = (total[channels : 2 * channels] / count - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * count / (count - 1).clamp_min(1)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(unbiased.detach(), momentum)
+        scale = torch.rsqrt(var + self.eps)
+        if self.affine:
+            scale = scale * self.weight
+        shift = -mean * scale + (self.bias if self.affine else 0)
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Replace BatchNorm2d layers by their synchronised version for ``device`` (call before wrapping in DDP)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _convert_cpu(module)
+
+
+def _convert_cpu(module: nn.Module) -> nn.Module:
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, CpuSyncBatchNorm):
+        new = CpuSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, _convert_cpu(child))
+    return module
