@@ -26,14 +26,14 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from deeplab.config import load_config
-    from deeplab.engine import train_from_cli
+    from deeplab.runner import train_from_cli
 
     cfg = load_config(args.config, args.set)
     return train_from_cli(cfg, Path(args.run_dir), progress=args.progress)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from deeplab.evaluate import evaluate_checkpoint_cli
+    from deeplab.runner import evaluate_checkpoint_cli
 
     return evaluate_checkpoint_cli(
         Path(args.checkpoint),

@@ -107,7 +107,6 @@ class TrainConfig:
 class EvalConfig:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
-    batch_size: int = 1
     per_image: bool = True  # keep per-image confusion matrices (the analysis bootstraps over images)
 
 
@@ -297,7 +296,6 @@ def validate(cfg: Config) -> None:
     _check(t.log_every >= 1, "train.log_every", ">= 1", t.log_every)
     e = cfg.eval
     _check(len(e.scales) > 0 and all(s > 0 for s in e.scales), "eval.scales", "positive numbers", e.scales)
-    _check(e.batch_size >= 1, "eval.batch_size", ">= 1", e.batch_size)
 
 
 def config_hash(cfg: Config) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -17,7 +18,8 @@ class OhemCrossEntropy(nn.Module):
     Hard pixels are those whose true-class probability is below ``thresh`` (loss > −log thresh). When no more
     than ``n_min = B·H·W / min_kept_divisor`` pixels are hard, the ``n_min`` pixels with the highest loss are kept
     instead (ties broken by ``topk``). Pixels labelled ``ignore_index`` are never kept. This equals the seed's
-    sort-and-threshold code whenever more than ``n_min`` pixels are labelled.
+    sort-and-threshold code whenever more than ``n_min`` pixels are labelled. Like the seed, the selection is
+    per rank (n_min counts this rank's images).
     """
 
     def __init__(self, thresh: float = 0.7, min_kept_divisor: int = 16, ignore_index: int = 255) -> None:
@@ -43,11 +45,24 @@ def build_loss(cfg: LossConfig) -> nn.Module:
     """OHEM (the seed) or plain cross-entropy, both ignoring ``cfg.ignore_index``."""
     if cfg.name == "ohem":
         return OhemCrossEntropy(cfg.ohem_thresh, cfg.ohem_min_kept_divisor, cfg.ignore_index)
-    return _FloatCrossEntropy(ignore_index=cfg.ignore_index)
+    return GlobalMeanCrossEntropy(ignore_index=cfg.ignore_index)
 
 
-class _FloatCrossEntropy(nn.CrossEntropyLoss):
-    """Cross-entropy computed in fp32 even under autocast."""
+class GlobalMeanCrossEntropy(nn.Module):
+    """Cross-entropy (fp32 even under autocast) averaged over the labelled pixels of the GLOBAL batch.
+
+    Each rank divides its sum by the mean labelled-pixel count over ranks, so DDP's gradient averaging yields
+    exactly the gradient of one process on the whole batch. Single-process: plain mean cross-entropy.
+    """
+
+    def __init__(self, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return super().forward(logits.float(), target)
+        total = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="sum")
+        count = (target != self.ignore_index).sum().to(torch.float64)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(count)
+            count = count / dist.get_world_size()
+        return total / count.clamp_min(1).to(total.dtype)

@@ -1,0 +1,67 @@
+"""Atomic checkpoints: temp file in the same directory, fsync, rename, fsync the directory."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deeplab.errors import DeeplabError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` so that ``path`` always holds either the previous or the new complete checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint written by ``save_checkpoint``; a missing or corrupt file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeeplabError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception as err:  # torch raises many types for truncated/corrupt files
+        raise DeeplabError(f"checkpoint {path} is corrupt or not a checkpoint ({err.__class__.__name__})") from None
+    if not isinstance(state, dict) or not {"model", "iteration", "config"} <= set(state):
+        raise DeeplabError(f"checkpoint {path} lacks model/iteration/config: not written by this project")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,70 @@
+"""Process-group set-up from the environment (torchrun variables) and small reductions."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group described by RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT (if any).
+
+    gloo on CPU, nccl on CUDA; CUDA is used when available and ``device`` allows it (an empty
+    CUDA_VISIBLE_DEVICES, as on nodes with fake GPUs, falls back to CPU).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    backend = None
+    if world > 1:
+        backend = "nccl" if use_cuda else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=30))
+    return DistInfo(rank, world, local_rank, dev, backend)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is set on any rank (all ranks get the same answer)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def mean_over_ranks(value: float, device: torch.device) -> float:
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

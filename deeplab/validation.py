@@ -1,0 +1,114 @@
+"""Validation during training: metrics to the tracker, a class table per validation, final artifacts."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from deeplab.config import Config
+from deeplab.data.cityscapes import CityscapesSegmentation
+from deeplab.distributed import DistInfo
+from deeplab.evaluate import EvalResult, evaluate
+from deeplab.labels import CLASS_NAMES
+from deeplab.overlay import save_overlay
+from deeplab.tracking import (
+    ARTIFACT_CONFUSION,
+    ARTIFACT_OVERLAYS,
+    ARTIFACT_PER_IMAGE,
+    VAL_MIOU,
+    VAL_MIOU_SEED,
+    Tracker,
+    iou_metric_name,
+)
+
+N_OVERLAYS = 3
+
+
+def metrics_of(result: EvalResult, prefix: str = "val") -> dict[str, float]:
+    """Tracker metrics of one evaluation (classes with an undefined IoU are left out)."""
+    m = result.metrics
+    out = {VAL_MIOU.replace("val", prefix, 1): m.miou, VAL_MIOU_SEED.replace("val", prefix, 1): m.miou_seed}
+    for name, value in zip(CLASS_NAMES, m.iou, strict=True):
+        if not math.isnan(value):
+            out[iou_metric_name(name).replace("val", prefix, 1)] = float(value)
+    return out
+
+
+def _write_class_table(path: Path, result: EvalResult) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    m = result.metrics
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["class", "iou", "iou_seed_metric"])
+        for name, iou, seed in zip(CLASS_NAMES, m.iou, m.iou_seed, strict=True):
+            writer.writerow([name, f"{iou:.6f}", f"{seed:.6f}"])
+        writer.writerow(["mIoU", f"{m.miou:.6f}", f"{m.miou_seed:.6f}"])
+
+
+def validate(
+    cfg: Config,
+    model: nn.Module,
+    dataset: CityscapesSegmentation,
+    info: DistInfo,
+    tracker: Tracker,
+    run_dir: Path,
+    iteration: int,
+    *,
+    final: bool,
+) -> dict[str, float]:
+    """Single-scale validation (the curve); at the end also artifacts and, if configured, multi-scale + flip."""
+    final_dir = run_dir / "final"
+    overlays: list[str] = []
+
+    def keep_overlay(name: str, image: torch.Tensor, pred: torch.Tensor) -> None:
+        if final and info.is_main and len(overlays) < N_OVERLAYS:
+            save_overlay(final_dir / "overlays" / f"{name}_overlay.png", image, pred)
+            overlays.append(name)
+
+    result = evaluate(
+        model,
+        dataset,
+        cfg.data,
+        device=info.device,
+        amp=cfg.train.amp,
+        num_classes=cfg.model.num_classes,
+        per_image=final and cfg.eval.per_image,
+        on_prediction=keep_overlay,
+    )
+    metrics = metrics_of(result)
+    if final and (tuple(cfg.eval.scales) != (1.0,) or cfg.eval.flip):
+        ms = evaluate(
+            model,
+            dataset,
+            cfg.data,
+            scales=cfg.eval.scales,
+            flip=cfg.eval.flip,
+            device=info.device,
+            amp=cfg.train.amp,
+            num_classes=cfg.model.num_classes,
+            per_image=False,
+        )
+        metrics.update(metrics_of(ms, prefix="val_ms"))
+    if not info.is_main:
+        return metrics
+    tracker.log_metrics(metrics, step=iteration)
+    table = run_dir / "val" / f"iter_{iteration:06d}" / "classes.csv"
+    _write_class_table(table, result)
+    tracker.log_artifact(table, f"val/iter_{iteration:06d}")
+    if final:
+        final_dir.mkdir(parents=True, exist_ok=True)
+        np.save(final_dir / Path(ARTIFACT_CONFUSION).name, result.confusion)
+        tracker.log_artifact(final_dir / Path(ARTIFACT_CONFUSION).name, "final")
+        if result.per_image is not None:
+            np.savez_compressed(
+                final_dir / Path(ARTIFACT_PER_IMAGE).name, names=np.array(result.names), confusion=result.per_image
+            )
+            tracker.log_artifact(final_dir / Path(ARTIFACT_PER_IMAGE).name, "final")
+        if overlays:
+            tracker.log_artifact(final_dir / "overlays", str(Path(ARTIFACT_OVERLAYS).parent))
+    return metrics
