@@ -9,7 +9,22 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.nn.functional import all_reduce
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of a sum over ranks is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 def _distributed() -> bool:
@@ -22,12 +37,13 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and _distributed()):
             return super().forward(x)
+        # two passes (mean, then centred squares): E[x²]−E[x]² cancels badly on near-constant channels
         channels = x.shape[1]
-        local = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), x.new_full((1,), x.numel() // channels)])
-        total = all_reduce(local, op=dist.ReduceOp.SUM)
-        count = total[-1]
-        mean = total[:channels] / count
-        var = (total[channels : 2 * channels] / count - mean * mean).clamp_min(0)
+        sums = _AllReduceSum.apply(torch.cat([x.sum(dim=(0, 2, 3)), x.new_full((1,), x.numel() // channels)]))
+        count = sums[-1]
+        mean = sums[:channels] / count
+        centred = x - mean[None, :, None, None]
+        var = _AllReduceSum.apply((centred * centred).sum(dim=(0, 2, 3))) / count
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -38,8 +54,8 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         scale = torch.rsqrt(var + self.eps)
         if self.affine:
             scale = scale * self.weight
-        shift = -mean * scale + (self.bias if self.affine else 0)
-        return x * scale[None, :, None, None] + shift[None, :, None, None]
+        out = centred * scale[None, :, None, None]
+        return out + self.bias[None, :, None, None] if self.affine else out
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
@@ -54,6 +70,8 @@ def _convert_cpu(module: nn.Module) -> nn.Module:
         new = CpuSyncBatchNorm(
             module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
         )
+        ref = module.weight if module.affine else module.running_mean
+        new = new.to(device=ref.device, dtype=ref.dtype)
         new.load_state_dict(module.state_dict())
         new.train(module.training)
         return new

@@ -1,0 +1,40 @@
+"""The real config shrunk for CPU tests (importable as `tiny` thanks to pytest's pythonpath)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deeplab.config import Config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "synthetic_tiny.yaml"
+
+
+def tiny_overrides(data_root: Path, **extra: object) -> list[str]:
+    """synthetic_tiny.yaml shrunk to seconds of CPU: 32×64 crops, batch 2, a handful of iterations."""
+    values: dict[str, object] = {
+        "data.root": str(data_root),
+        "data.synthetic": None,
+        "data.crop_size": [32, 64],
+        "data.batch_size_per_gpu": 2,
+        "train.iterations": 6,
+        "train.eval_every": 3,
+        "train.checkpoint_every": 2,
+        "train.log_every": 1,
+        "train.deterministic": True,
+        "schedule.warmup_iters": 2,
+    }
+    values.update(extra)
+    return [f"{k}={_yaml(v)}" for k, v in values.items()]
+
+
+def _yaml(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def tiny_config(data_root: Path, **extra: object) -> Config:
+    return load_config(TINY, tiny_overrides(data_root, **extra))
