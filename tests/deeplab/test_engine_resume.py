@@ -88,14 +88,14 @@ def test_resume_after_crash_replays_from_last_checkpoint(tiny_data: Path, refere
 
 def test_sigterm_to_the_cli_checkpoints_and_resumes_exactly(tiny_data: Path, reference: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "deeplab", "train", str(TINY), "--run-dir", str(tmp_path), "--progress", "lines"]
-    cmd += sum((["--set", o] for o in tiny_overrides(tiny_data, **{"train.iterations": 6})), [])
+    cmd += [arg for o in tiny_overrides(tiny_data) for arg in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # wait for the first logged iteration, then signal mid-run
         if line.startswith("iter 1/"):
             proc.send_signal(signal.SIGTERM)
             break
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err
     stopped_at = load_checkpoint(tmp_path / "checkpoint.pt")["iteration"]
     assert 1 <= stopped_at < 6

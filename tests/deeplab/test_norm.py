@@ -45,7 +45,8 @@ def _worker(rank: int, port: int, queue) -> None:
 def test_two_ranks_equal_batchnorm_on_the_whole_batch() -> None:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, port := _port() if r == 0 else port, queue)) for r in range(2)]
+    port = _port()
+    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(2)]
     for p in procs:
         p.start()
     results = {item[0]: [torch.from_numpy(a) for a in item[1:]] for item in (queue.get(timeout=60) for _ in procs)}
