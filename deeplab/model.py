@@ -176,6 +176,9 @@ def _load_local_weights(model: DeepLabV3Plus, path: Path) -> None:
         for key, value in state.items():
             if key not in own or own[key].shape != value.shape:
                 raise DeeplabError(f"model.weights: {path}: key {key!r} does not fit this model")
+        missing = sorted(set(own) - set(state))
+        if missing:
+            raise DeeplabError(f"model.weights: {path}: missing key {missing[0]!r}: it does not fit this model")
         model.load_state_dict(state)
     else:
         _load_backbone(model, state, str(path))

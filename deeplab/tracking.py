@@ -84,8 +84,7 @@ class JsonlTracker:
     """
 
     def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = Path(run_dir)  # created on the first write, so a run that fails early leaves nothing
         self._buffer: list[dict[str, Any]] = []
         self._last_step = self._read_last_steps()
 
@@ -105,6 +104,7 @@ class JsonlTracker:
         return last
 
     def _merge_json(self, name: str, values: dict[str, Any]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / name
         data = json.loads(path.read_text()) if path.exists() else {}
         data.update(values)
@@ -138,6 +138,7 @@ class JsonlTracker:
     def flush(self) -> None:
         if not self._buffer:
             return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.writelines(json.dumps(p) + "\n" for p in self._buffer)
         self._buffer.clear()
