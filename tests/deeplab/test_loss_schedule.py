@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -65,7 +66,7 @@ def test_schedule_values_at_known_iterations() -> None:
     assert poly_warmup_lr(21000, warmup="exp", **kw) == pytest.approx(1e-2 * 0.5**0.9)
     assert poly_warmup_lr(41000, warmup="exp", **kw) == 0.0
     after = [poly_warmup_lr(i, warmup="exp", **kw) for i in range(1000, 41001, 500)]
-    assert all(a > b for a, b in zip(after, after[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(after))
     assert poly_warmup_lr(0, warmup="none", **kw) == pytest.approx(1e-2)
 
 
