@@ -1,0 +1,99 @@
+"""What runs inside a submitit job: the engine with an MLflow tracker, checkpoint-and-requeue on preemption.
+
+On SIGUSR2 (time-out or preemption) submitit calls ``checkpoint()``, which resubmits this same callable; the
+requeued attempt resumes from the run directory's latest periodic checkpoint and replays the iterations since,
+bit for bit (the engine's resume is exact and the tracker drops points already stored).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import submitit
+import torch
+
+from deeplab.config import from_dict
+from deeplab.engine import train
+from deeplab.errors import DeeplabError
+from experiments.mlflow_tracker import MlflowTracker
+from experiments.store import mark_run
+
+
+def git_state(repo: Path) -> dict[str, str]:
+    """Commit and dirty flag of the code that runs (tags), or 'unknown' outside a checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return {"git.commit": commit.stdout.strip(), "git.dirty": str(bool(dirty.stdout.strip())).lower()}
+    except (OSError, subprocess.CalledProcessError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """One grid cell as a submitit job (one task per GPU; the tasks become DDP ranks)."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        run_dir: str,
+        tracking_uri: str,
+        run_id: str,
+        threads: int = 0,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self.config, self.run_dir, self.tracking_uri, self.run_id = config, run_dir, tracking_uri, run_id
+        self.threads, self.tags = threads, tags or {}
+
+    def _environment(self) -> int:
+        """Export torchrun-style variables for multi-task jobs; returns this process's rank."""
+        env = submitit.JobEnvironment() if os.environ.get("SUBMITIT_EXECUTOR") else None
+        if env is not None and env.num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        # a tracking server that is away must not stall training: few retries, short timeouts
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        return int(os.environ.get("RANK", "0"))
+
+    def __call__(self) -> dict[str, float]:
+        rank = self._environment()
+        cfg = from_dict(self.config)
+        run_dir = Path(self.run_dir)
+        tracker = None
+        if rank == 0:
+            tracker = MlflowTracker(self.tracking_uri, self.run_id, spool_dir=run_dir)
+            tracker.set_tags(
+                {
+                    **self.tags,
+                    "host": platform.node(),
+                    "slurm.job_id": os.environ.get("SLURM_JOB_ID", ""),
+                    "slurm.array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID", ""),
+                    "slurm.array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
+                    "restart_count": os.environ.get("SLURM_RESTART_COUNT", "0"),
+                }
+            )
+        try:
+            result = train(cfg, run_dir, tracker, progress="lines")
+        except DeeplabError as err:
+            if tracker is not None:
+                tracker.flush()
+                mark_run(self.tracking_uri, self.run_id, "FAILED", str(err))
+            raise
+        if tracker is not None:
+            tracker.close("FINISHED" if result.status == "finished" else "KILLED")
+        return result.metrics
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Requeue the same job: it resumes from the run directory's latest checkpoint."""
+        return submitit.helpers.DelayedSubmission(self)

@@ -1,0 +1,165 @@
+"""Sweep specs: a YAML grid over dotted config keys, expanded into runs identified by their config hash."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deeplab.config import Config, config_hash, load_config
+from deeplab.errors import DeeplabError
+from experiments.errors import ExperimentsError
+
+
+@dataclass
+class SlurmSpec:
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 2
+    tasks_per_node: int = 2
+    cpus_per_task: int = 8
+    mem: str = "64G"
+    time: int = 1440  # minutes per attempt; longer runs are checkpointed and requeued
+    constraint: str | None = None
+    array_parallelism: int = 16
+    max_requeues: int = 10
+
+
+@dataclass
+class LocalSpec:
+    parallelism: int = 2
+    threads_per_job: int = 0  # 0 = cores / parallelism
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    base: Path
+    grid: dict[str, list[Any]]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    local: LocalSpec = field(default_factory=LocalSpec)
+    runs_root: Path = Path("runs")  # relative to the spec file when given there; else ./runs
+    tracking_uri: str | None = None
+    path: Path | None = None
+
+    @property
+    def experiment(self) -> str:
+        return self.name
+
+
+@dataclass
+class RunSpec:
+    """One grid cell: its resolved config, identity and place on disk."""
+
+    config: Config
+    config_hash: str
+    name: str
+    values: dict[str, Any]
+    run_dir: Path
+
+
+_TOP = {"name", "base", "grid", "overrides", "executor", "runs_root", "tracking"}
+
+
+def _unknown(keys: Any, known: Any, where: str) -> None:
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(sorted(known))})"
+            raise ExperimentsError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _section(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ExperimentsError(f"{where}: expected a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _unknown(data, fields, where)
+    for key, value in data.items():
+        default = getattr(cls(), key)
+        expected = int if isinstance(default, int) else str
+        if (value is not None and not isinstance(value, expected)) or isinstance(value, bool):
+            raise ExperimentsError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
+        if expected is int and value < (0 if key == "threads_per_job" else 1):
+            raise ExperimentsError(f"{where}.{key}: must be positive, got {value}")
+    return cls(**data)
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep spec; paths in it are relative to the spec file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ExperimentsError(f"sweep spec not found: {path}") from None
+    except yaml.YAMLError:
+        raise ExperimentsError(f"sweep spec {path}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise ExperimentsError(f"sweep spec {path}: expected a mapping at the top level")
+    _unknown(data, _TOP, f"sweep spec {path}")
+    for key in ("name", "base", "grid"):
+        if key not in data:
+            raise ExperimentsError(f"sweep spec {path}: missing {key!r}")
+    name = data["name"]
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise ExperimentsError(f"sweep spec {path}: name must be letters, digits, '-' or '_', got {name!r}")
+    grid = data["grid"]
+    if not isinstance(grid, dict) or not grid:
+        raise ExperimentsError(f"sweep spec {path}: grid is empty; give at least one config key with a list of values")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ExperimentsError(f"sweep spec {path}: grid.{key} must be a non-empty list, got {values!r}")
+    executor = data.get("executor") or {}
+    if not isinstance(executor, dict):
+        raise ExperimentsError(f"sweep spec {path}: executor must be a mapping")
+    _unknown(executor, {"slurm", "local"}, f"sweep spec {path}: executor")
+    tracking = data.get("tracking") or {}
+    _unknown(tracking, {"uri"}, f"sweep spec {path}: tracking")
+    base = (path.parent / data["base"]).resolve()
+    return SweepSpec(
+        name=name,
+        base=base,
+        grid=grid,
+        overrides=data.get("overrides") or {},
+        slurm=_section(SlurmSpec, executor.get("slurm"), "executor.slurm"),
+        local=_section(LocalSpec, executor.get("local"), "executor.local"),
+        runs_root=(path.parent / data["runs_root"]).resolve() if "runs_root" in data else Path.cwd() / "runs",
+        tracking_uri=tracking.get("uri"),
+        path=path.resolve(),
+    )
+
+
+def _run_name(values: dict[str, Any]) -> str:
+    short = {"model.backbone": "", "train.iterations": "it", "train.seed": "s"}
+    parts = []
+    for key, value in values.items():
+        text = str(value).replace("resnet", "r")
+        parts.append(f"{short.get(key, key.split('.')[-1] + '=')}{text}")
+    return "-".join(parts)
+
+
+def expand_grid(spec: SweepSpec, overrides: dict[str, Any] | None = None) -> list[RunSpec]:
+    """Cartesian product of the grid over the base config (+ spec and CLI overrides), one RunSpec per cell."""
+    keys = list(spec.grid)
+    runs, seen = [], set()
+    for combo in itertools.product(*(spec.grid[k] for k in keys)):
+        values = dict(zip(keys, combo, strict=True))
+        try:
+            cfg = load_config(spec.base, {**spec.overrides, **(overrides or {}), **values})
+        except DeeplabError as err:
+            raise ExperimentsError(f"sweep {spec.name}: {err}") from None
+        digest = config_hash(cfg)
+        if digest in seen:
+            continue
+        seen.add(digest)
+        runs.append(RunSpec(cfg, digest, _run_name(values), values, spec.runs_root / spec.name / digest))
+    return runs

@@ -1,0 +1,208 @@
+"""Submitting a sweep: expand, skip finished runs, create MLflow runs once, submit one job array."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from deeplab.config import flatten, to_dict
+from deeplab.data.synth import ensure_synthetic
+from experiments.errors import ExperimentsError
+from experiments.launch import RunJob, git_state
+from experiments.spec import RunSpec, SweepSpec, expand_grid
+from experiments.store import (
+    ChildRun,
+    check_reachable,
+    child_runs,
+    ensure_child_run,
+    ensure_experiment,
+    ensure_parent_run,
+    resolve_tracking_uri,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+JOB_ID_FILE = "job_id"
+
+
+def choose_executor(name: str) -> str:
+    """``auto`` = slurm when sbatch is on PATH, else local."""
+    if name == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    if name == "slurm" and not shutil.which("sbatch"):
+        raise ExperimentsError("--executor slurm: sbatch is not on PATH (no SLURM here); use --executor local")
+    return name
+
+
+def make_executor(kind: str, spec: SweepSpec, folder: Path) -> submitit.Executor:
+    """A submitit executor whose job folder (logs, pickles) is private to the user."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)
+    if kind == "debug":
+        return submitit.DebugExecutor(folder=folder)
+    if kind == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=7 * 24 * 60, tasks_per_node=1)
+        return executor
+    s = spec.slurm
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=s.max_requeues)
+    extra: dict[str, Any] = {"slurm_gres": f"gpu:{s.gpus_per_node}"} if s.gpus_per_node else {}
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(s, key):
+            extra[f"slurm_{key}"] = getattr(s, key)
+    executor.update_parameters(
+        name=spec.name,
+        nodes=s.nodes,
+        tasks_per_node=s.tasks_per_node,
+        cpus_per_task=s.cpus_per_task,
+        slurm_mem=s.mem,
+        timeout_min=s.time,
+        slurm_array_parallelism=s.array_parallelism,
+        **extra,
+    )
+    return executor
+
+
+@dataclass
+class Planned:
+    run: RunSpec
+    child: ChildRun | None  # None in a dry run
+
+
+def plan(spec: SweepSpec, tracking_uri: str, dry_run: bool) -> list[Planned]:
+    """Create (or find) the parent and child runs; nothing is created in a dry run."""
+    runs = expand_grid(spec)
+    if dry_run:
+        return [Planned(r, None) for r in runs]
+    experiment_id = ensure_experiment(tracking_uri, spec.experiment)
+    parent = ensure_parent_run(
+        tracking_uri,
+        experiment_id,
+        spec.name,
+        params={f"grid.{k}": v for k, v in spec.grid.items()} | {"spec": str(spec.path)},
+        tags=git_state(REPO),
+    )
+    existing = child_runs(tracking_uri, experiment_id, parent)
+    tags = {"sweep.name": spec.name, **git_state(REPO)}
+    return [
+        Planned(
+            r,
+            ensure_child_run(
+                tracking_uri, experiment_id, parent, r.config_hash, r.name, flatten(to_dict(r.config)), tags, existing
+            ),
+        )
+        for r in runs
+    ]
+
+
+def print_table(planned: list[Planned]) -> None:
+    print(f"{'hash':<13} {'run':<28} {'status':<10} run dir")
+    for p in planned:
+        status = p.child.status if p.child else "-"
+        print(f"{p.run.config_hash:<13} {p.run.name:<28} {status:<10} {p.run.run_dir}")
+
+
+def submit(
+    spec: SweepSpec,
+    executor_name: str = "auto",
+    *,
+    dry_run: bool = False,
+    wait: bool = False,
+    tracking_uri: str | None = None,
+) -> list[submitit.Job]:
+    """Submit every unfinished run of the sweep as one job array; finished runs are skipped."""
+    kind = choose_executor(executor_name)
+    uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
+    check_reachable(uri)
+    planned = plan(spec, uri, dry_run)
+    print_table(planned)
+    if dry_run:
+        print(f"dry run: {len(planned)} runs, nothing submitted")
+        return []
+    todo = [p for p in planned if p.child.status != "FINISHED"]
+    if not todo:
+        print("every run is FINISHED: nothing to submit")
+        return []
+    for p in todo:  # synthetic datasets are generated once here, not raced by the jobs
+        if p.run.config.data.synthetic is not None:
+            ensure_synthetic(Path(p.run.config.data.root), p.run.config.data.synthetic)
+    executor = make_executor(kind, spec, spec.runs_root / spec.name / ".submitit")
+    threads = spec.local.threads_per_job or max(1, (os.cpu_count() or 1) // spec.local.parallelism)
+    jobs_in = [
+        RunJob(
+            to_dict(p.run.config),
+            str(p.run.run_dir),
+            uri,
+            p.child.run_id,
+            threads=threads if kind != "slurm" else 0,
+            tags={"config_hash": p.run.config_hash},
+        )
+        for p in todo
+    ]
+    for p in todo:
+        p.run.run_dir.mkdir(parents=True, exist_ok=True)
+    names = [p.run.name for p in todo]
+    if kind == "local":  # LocalExecutor starts everything at once: keep `parallelism` jobs running
+        return run_local(executor, jobs_in, names, [p.run.run_dir for p in todo], spec.local.parallelism)
+    jobs = executor.submit_array(jobs_in)
+    for p, job in zip(todo, jobs, strict=True):
+        (p.run.run_dir / JOB_ID_FILE).write_text(f"{kind} {job.job_id}\n")
+    print(f"submitted {len(jobs)} runs ({kind}); follow with: python -m experiments status {spec.path}", flush=True)
+    if wait:
+        wait_for(jobs, names)
+    return jobs
+
+
+def run_local(
+    executor: submitit.Executor, jobs_in: list[RunJob], names: list[str], run_dirs: list[Path], parallelism: int
+) -> list[submitit.Job]:
+    """Run local jobs, at most ``parallelism`` at a time, until all end."""
+    queue = list(zip(names, jobs_in, run_dirs, strict=True))
+    running: dict[str, submitit.Job] = {}
+    started: list[submitit.Job] = []
+    failed: list[str] = []
+    print(f"running {len(queue)} runs locally, {parallelism} at a time", flush=True)
+    while queue or running:
+        while queue and len(running) < parallelism:
+            name, job_in, run_dir = queue.pop(0)
+            job = executor.submit(job_in)
+            (run_dir / JOB_ID_FILE).write_text(f"local {job.job_id}\n")
+            running[name] = job
+            started.append(job)
+            print(f"  start {name}", flush=True)
+        for name, job in list(running.items()):
+            if job.done():
+                del running[name]
+                _report(name, job, failed)
+        time.sleep(0.5)
+    if failed:
+        raise ExperimentsError(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their MLflow runs and logs)")
+    return started
+
+
+def _report(name: str, job: submitit.Job, failed: list[str]) -> None:
+    try:
+        metrics = job.result()
+        print(f"  done  {name}: val mIoU {100 * metrics.get('val/mIoU', float('nan')):.2f}", flush=True)
+    except Exception as err:  # the job's own error, in one line
+        failed.append(name)
+        print(f"  FAILED {name}: {str(err).strip().splitlines()[-1][:200]}", flush=True)
+
+
+def wait_for(jobs: list[submitit.Job], names: list[str]) -> None:
+    """Block until every job ends, printing one line per finished job; raise if any failed."""
+    pending = dict(zip(names, jobs, strict=True))
+    failed = []
+    while pending:
+        for name, job in list(pending.items()):
+            if job.done():
+                del pending[name]
+                _report(name, job, failed)
+        time.sleep(1)
+    if failed:
+        raise ExperimentsError(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their MLflow runs and logs)")
