@@ -50,7 +50,7 @@ def status_rows(spec: SweepSpec, tracking_uri: str | None = None) -> list[dict[s
     rows = []
     for r in runs:
         child = children.get(r.config_hash)
-        kind, job_id = jobs[r.config_hash]
+        _, job_id = jobs[r.config_hash]
         iteration = 0
         if child is not None and TRAIN_LR in child.metrics:
             iteration = max(m.step for m in client.get_metric_history(child.run_id, TRAIN_LR))
