@@ -25,7 +25,7 @@ from deeplab.distributed import DistInfo, any_rank, init_distributed, mean_over_
 from deeplab.errors import DeeplabError
 from deeplab.evaluate import autocast
 from deeplab.loss import build_loss
-from deeplab.model import build_model, count_params
+from deeplab.model import build_model, model_info
 from deeplab.norm import convert_sync_batchnorm
 from deeplab.progress import Progress
 from deeplab.schedule import build_optimizer, build_scheduler
@@ -132,11 +132,18 @@ def _checkpoint(path: Path, cfg: Config, parts: _Parts, iteration: int, window: 
     save_checkpoint(path, state)
 
 
-def _fresh_run(cfg: Config, run_dir: Path, model: torch.nn.Module, tracker: Tracker) -> None:
+def _fresh_run(cfg: Config, run_dir: Path, info: DistInfo, tracker: Tracker) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     tracker.log_params(flatten(to_dict(cfg)))
-    tracker.log_params({"info.params": count_params(model), "info.config_hash": config_hash(cfg)})
+    cost = model_info(cfg.model, cfg.data.crop_size)  # cost is part of the res50-vs-res101 question
+    tracker.log_params({
+        "info.params": cost["params"],
+        "info.gflops": cost["gflops"],
+        "info.config_hash": config_hash(cfg),
+        "info.world_size": info.world_size,
+        "info.device": info.device.type,
+    })
     tracker.log_artifact(run_dir / "config.yaml")
 
 
@@ -167,7 +174,7 @@ def train(
         if state.get("final_metrics") is not None:
             return TrainResult("finished", start, state["final_metrics"])
     elif info.is_main:
-        _fresh_run(cfg, run_dir, parts.model, tracker)
+        _fresh_run(cfg, run_dir, info, tracker)
     batches = build_train_loader(cfg, info.rank, info.world_size, start)
     bar = Progress(progress, cfg.train.iterations, start, enabled=info.is_main)
     try:

@@ -1,0 +1,207 @@
+"""`analysis report`: tables, figures and a verdict in words on res50 vs res101, beside the published numbers."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import figures
+from analysis.errors import AnalysisError
+from analysis.frames import curves_frame, per_class_frame, per_image_confusions, runs_frame
+from analysis.published import published_deeplabv3plus
+from analysis.stats import BootstrapResult, TostResult, bootstrap_miou_delta, seed_summary, tost_equivalence
+from deeplab.tracking import VAL_MIOU, VAL_MIOU_SEED
+
+A, B = "resnet50", "resnet101"
+
+
+@dataclass
+class CellComparison:
+    iterations: int
+    n_a: int
+    n_b: int
+    tost: TostResult
+    tost_seed_metric: TostResult
+    bootstrap: BootstrapResult | None
+    bootstrap_seed_metric: BootstrapResult | None
+
+
+def _pooled(uri: str, run_ids: list[str]) -> tuple[list[str], np.ndarray] | None:
+    """Per-image matrices summed over a backbone's seeds (same images required), or None if unavailable."""
+    names, total = None, None
+    for rid in run_ids:
+        try:
+            n, mats = per_image_confusions(uri, rid)
+        except AnalysisError:
+            return None
+        if names is not None and n != names:
+            return None
+        names, total = n, mats if total is None else total + mats
+    return (names, total) if names is not None else None
+
+
+def compare_cells(runs: pd.DataFrame, uri: str, margin: float, n_boot: int = 2000) -> list[CellComparison]:
+    """res50 vs res101 at every schedule length that has both."""
+    out = []
+    for iterations, cell in runs.groupby("iterations"):
+        a, b = cell[cell.backbone == A], cell[cell.backbone == B]
+        if a.empty or b.empty:
+            continue
+        boots = [None, None]
+        pooled_a, pooled_b = _pooled(uri, list(a.run_id)), _pooled(uri, list(b.run_id))
+        if pooled_a and pooled_b and pooled_a[0] == pooled_b[0]:
+            boots = [
+                bootstrap_miou_delta(pooled_a[1], pooled_b[1], n_boot=n_boot, seed_metric=s) for s in (False, True)
+            ]
+        out.append(
+            CellComparison(
+                int(iterations),
+                len(a),
+                len(b),
+                tost_equivalence(100 * a.miou.to_numpy(), 100 * b.miou.to_numpy(), margin),
+                tost_equivalence(100 * a.miou_seed_metric.to_numpy(), 100 * b.miou_seed_metric.to_numpy(), margin),
+                *boots,
+            )
+        )
+    return out
+
+
+def _direction(delta: float) -> str:
+    return f"{abs(delta):.2f} {'above' if delta > 0 else 'below'}" if delta else "level with"
+
+
+def verdict_line(c: CellComparison, synthetic: bool) -> str:
+    """One sentence per schedule length, saying no more than the data support."""
+    t = c.tost
+    text = f"at {c.iterations} iterations res50 is {_direction(t.delta)} res101"
+    if not math.isnan(t.ci90_low):
+        text += f" (90% CI {t.ci90_low:+.2f}…{t.ci90_high:+.2f} over seeds"
+    else:
+        text += " (no interval over seeds"
+    if c.bootstrap is not None:
+        text += f"; 95% CI {c.bootstrap.ci_low:+.2f}…{c.bootstrap.ci_high:+.2f} over {c.bootstrap.n_images} images"
+    text += f"; {c.n_a} vs {c.n_b} seeds)"
+    if min(c.n_a, c.n_b) < 3:
+        text += ": fewer than 3 seeds per backbone, so no equivalence claim is made"
+    elif t.equivalent:
+        text += f": equivalent within ±{t.margin:g} (TOST p = {t.p_value:.3f})"
+    else:
+        text += f": NOT shown equivalent within ±{t.margin:g} (TOST p = {t.p_value:.3f})"
+    if synthetic:
+        text += " — synthetic data: this exercises the pipeline and says nothing about Cityscapes"
+    return text + "."
+
+
+def _table(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
+    frame = frame.copy()
+    for col in ("iterations", "seed", "n", "output_stride"):
+        if col in frame:
+            frame[col] = frame[col].astype("Int64").astype(str).replace("<NA>", "–")
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in frame.iterrows():
+        cells = [
+            format(v, floatfmt)
+            if isinstance(v, float) and not math.isnan(v)
+            else ("–" if isinstance(v, float) else str(v))
+            for v in row
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(experiment: str, tracking_uri: str, out: Path, margin: float = 0.5, n_boot: int = 2000) -> Path:
+    """Write ``out/report.md`` (+ figures) for an experiment; returns the report's path."""
+    out = Path(out)
+    runs_all = runs_frame(tracking_uri, experiment)
+    runs = runs_all[runs_all.status == "FINISHED"].dropna(subset=["miou"])
+    if runs.empty:
+        raise AnalysisError(f"experiment {experiment!r} has no FINISHED run with {VAL_MIOU} yet")
+    curves = curves_frame(tracking_uri, list(runs.run_id), (VAL_MIOU, VAL_MIOU_SEED))
+    per_class = per_class_frame(tracking_uri, list(runs.run_id))
+    summary = seed_summary(runs)
+    summary_seed = seed_summary(runs, "miou_seed_metric")
+    published = published_deeplabv3plus()
+    cells = compare_cells(runs, tracking_uri, margin, n_boot)
+    synthetic = bool(runs.synthetic.any())
+    fig_dir = out / "figures"
+    figures.curves_figure(runs, curves, fig_dir)
+    figures.final_vs_schedule_figure(summary, published, fig_dir)
+    figures.per_class_delta_figure(per_class, runs, fig_dir)
+    figures.cost_figure(runs, fig_dir)
+    text = _render(experiment, runs_all, runs, summary, summary_seed, published, cells, synthetic, margin)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.md"
+    tmp = out / ".report.md.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _render(experiment, runs_all, runs, summary, summary_seed, published, cells, synthetic, margin) -> str:
+    expected = {(b, i) for b in (A, B) for i in runs_all.iterations.unique()}
+    missing = sorted(expected - set(zip(runs.backbone, runs.iterations, strict=True)))
+    lines = [f"# Does a ResNet-50 backbone match ResNet-101? — experiment `{experiment}`", "", "## Verdict", ""]
+    if not cells:
+        lines.append("No schedule length has finished runs of both backbones yet: no comparison can be made.")
+    lines += [f"- {verdict_line(c, synthetic)}" for c in cells]
+    if missing:
+        lines.append(f"- Missing cells (no FINISHED run): {', '.join(f'{b} @ {int(i)}' for b, i in missing)}.")
+    if synthetic:
+        lines.append("- **These runs use synthetic data**: the numbers test the pipeline, not the question.")
+    unfinished = runs_all[runs_all.status != "FINISHED"]
+    if len(unfinished):
+        lines.append(
+            f"- {len(unfinished)} run(s) not FINISHED are left out: "
+            + ", ".join(f"{r.run_name} ({r.status})" for r in unfinished.itertuples())
+            + "."
+        )
+    lines += [
+        "",
+        f"Equivalence: Welch TOST on the per-seed final mIoU with margin ±{margin:g} points (α = 0.05; "
+        "the 90% CI inside the margin). Image CI: paired bootstrap over validation images, seeds pooled.",
+        "",
+    ]
+    lines += ["## Final val mIoU (single scale, official metric), mean over seeds", "", _table(summary), ""]
+    gaps = [(c.iterations, c.tost.delta, c.tost_seed_metric.delta) for c in cells]
+    lines += [
+        "## The seed's evaluator",
+        "",
+        "The seed's March-2020 evaluator counted predictions on void pixels into the union. Under it:",
+        "",
+        _table(summary_seed),
+        "",
+    ]
+    if gaps:
+        lines.append(_table(pd.DataFrame(gaps, columns=["iterations", "Δ official", "Δ seed metric"])))
+        lines.append("")
+    lines += [
+        "## Published numbers (DeepLabV3+, single scale)",
+        "",
+        _table(published[["source", "backbone", "output_stride", "crop", "iterations", "miou", "url"]]),
+        "",
+        "## Figures",
+        "",
+    ]
+    for name, caption in [
+        ("curves", "val mIoU vs iteration (mean ± 95% CI over seeds)"),
+        ("final_vs_schedule", "final mIoU vs schedule length, with the published points"),
+        ("per_class_delta", "per-class Δ IoU (res50 − res101)"),
+        ("cost", "mIoU vs compute; parameters and FLOPs"),
+    ]:
+        lines += [f"![{caption}](figures/{name}.png)", ""]
+    lines += [
+        "## Runs",
+        "",
+        _table(
+            runs[["run_name", "backbone", "iterations", "seed", "status", "miou", "miou_seed_metric", "config_hash"]],
+            ".4f",
+        ),
+        "",
+    ]
+    return "\n".join(lines)
