@@ -137,13 +137,15 @@ def _fresh_run(cfg: Config, run_dir: Path, info: DistInfo, tracker: Tracker) -> 
     save_config(cfg, run_dir / "config.yaml")
     tracker.log_params(flatten(to_dict(cfg)))
     cost = model_info(cfg.model, cfg.data.crop_size)  # cost is part of the res50-vs-res101 question
-    tracker.log_params({
-        "info.params": cost["params"],
-        "info.gflops": cost["gflops"],
-        "info.config_hash": config_hash(cfg),
-        "info.world_size": info.world_size,
-        "info.device": info.device.type,
-    })
+    tracker.log_params(
+        {
+            "info.params": cost["params"],
+            "info.gflops": cost["gflops"],
+            "info.config_hash": config_hash(cfg),
+            "info.world_size": info.world_size,
+            "info.device": info.device.type,
+        }
+    )
     tracker.log_artifact(run_dir / "config.yaml")
 
 

@@ -61,9 +61,6 @@ class RunJob(submitit.helpers.Checkpointable):
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         if self.threads:
             torch.set_num_threads(self.threads)
-        # a tracking server that is away must not stall training: few retries, short timeouts
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         return int(os.environ.get("RANK", "0"))
 
     def __call__(self) -> dict[str, float]:
@@ -73,6 +70,7 @@ class RunJob(submitit.helpers.Checkpointable):
         tracker = None
         if rank == 0:
             tracker = MlflowTracker(self.tracking_uri, self.run_id, spool_dir=run_dir)
+            tracker.start()
             tracker.set_tags(
                 {
                     **self.tags,
@@ -85,13 +83,14 @@ class RunJob(submitit.helpers.Checkpointable):
             )
         try:
             result = train(cfg, run_dir, tracker, progress="lines")
-        except DeeplabError as err:
+        except Exception as err:  # diverged, bad data, or a bug: the run says FAILED and why, then the job fails
             if tracker is not None:
-                tracker.flush()
-                mark_run(self.tracking_uri, self.run_id, "FAILED", str(err))
+                tracker.close(None)
+                reason = str(err) if isinstance(err, DeeplabError) else f"{err.__class__.__name__}: {err}"
+                mark_run(self.tracking_uri, self.run_id, "FAILED", reason)
             raise
-        if tracker is not None:
-            tracker.close("FINISHED" if result.status == "finished" else "KILLED")
+        if tracker is not None:  # interrupted (preempted or timed out): stays RUNNING, the requeued job resumes
+            tracker.close("FINISHED" if result.status == "finished" else None)
         return result.metrics
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

@@ -26,8 +26,23 @@ class MlflowTracker:
     training goes on; every later flush replays the spool first.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, *, spool_dir: Path, max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        run_id: str,
+        *,
+        spool_dir: Path,
+        max_batch: int = 1000,
+        retry_interval_s: float = 60.0,
+    ) -> None:
+        if tracking_uri.startswith(("http://", "https://")):
+            # a server that is away must not stall training: MLflow's default retries take minutes per call
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         self.client = MlflowClient(tracking_uri)
+        self.retry_interval_s = retry_interval_s
+        self._failed_at = float("-inf")
         self.run_id = run_id
         self.spool = Path(spool_dir) / SPOOL_NAME
         self.max_batch = max_batch
@@ -81,7 +96,12 @@ class MlflowTracker:
         for i in range(0, len(points), self.max_batch):
             self.client.log_batch(self.run_id, metrics=points[i : i + self.max_batch])
 
-    def flush(self) -> None:
+    def flush(self, *, force: bool = False) -> None:
+        """Send buffered (and spooled) points; during an outage, try the server at most every retry interval."""
+        if self._outage and not force and time.monotonic() - self._failed_at < self.retry_interval_s:
+            self._append_spool(self._buffer)
+            self._buffer = []
+            return
         spooled = self._read_spool()
         points = spooled + self._buffer
         if not points:
@@ -91,6 +111,7 @@ class MlflowTracker:
         except Exception as err:  # the server is away: keep the points on disk and go on training
             self._append_spool(self._buffer)
             self._buffer = []
+            self._failed_at = time.monotonic()
             self._warn(f"tracking server unreachable ({err.__class__.__name__}); {len(points)} points spooled")
             return
         self._buffer = []
@@ -125,14 +146,22 @@ class MlflowTracker:
             points.append(Metric(p["key"], p["value"], p["timestamp"], p["step"]))
         return points
 
-    def close(self, status: str) -> None:
-        self.flush()
+    def start(self) -> None:
+        """Mark the run RUNNING (again, after a requeue)."""
+        self.client.update_run(self.run_id, status="RUNNING")
+
+    def close(self, status: str | None) -> None:
+        """Flush (one more try at the server); then set the final status, or leave it RUNNING when None."""
+        self.flush(force=True)
         if self.spool.exists():
             print(
-                f"tracking: {self.spool} holds points not yet sent; resubmit or run `experiments sync`",
+                f"tracking: {self.spool} holds points not yet sent; "
+                "they are sent when the run resumes, or by `experiments sync SPEC`",
                 file=sys.stderr,
                 flush=True,
             )
+        if status is None:
+            return
         try:
             self.client.set_terminated(self.run_id, status)
         except Exception as err:

@@ -40,9 +40,7 @@ def test_tost_clear_cases() -> None:
 
 def test_tost_error_rate_at_the_margin_is_at_most_alpha() -> None:
     rng = np.random.default_rng(1)
-    wrong = sum(
-        tost_equivalence(rng.normal(0.5, 0.3, 5), rng.normal(0.0, 0.3, 5), 0.5).equivalent for _ in range(400)
-    )
+    wrong = sum(tost_equivalence(rng.normal(0.5, 0.3, 5), rng.normal(0.0, 0.3, 5), 0.5).equivalent for _ in range(400))
     assert wrong / 400 <= 0.08  # true difference exactly at the margin: claims of equivalence are errors
 
 

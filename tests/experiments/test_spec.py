@@ -1,0 +1,99 @@
+"""Sweep specs: expansion by config hash, and bad specs named in one line with nothing submitted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.errors import ExperimentsError
+from experiments.spec import expand_grid, load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+SWEEPS = REPO / "experiments" / "sweeps"
+
+
+def test_the_study_expands_to_24_distinct_runs() -> None:
+    spec = load_spec(SWEEPS / "r50_vs_r101_cityscapes.yaml")
+    runs = expand_grid(spec)
+    assert len(runs) == 24 and len({r.config_hash for r in runs}) == 24
+    assert {r.config.model.backbone for r in runs} == {"resnet50", "resnet101"}
+    assert sorted({r.config.train.iterations for r in runs}) == [20000, 40000, 60000, 80000]
+    assert runs[0].name == "r50-it20000-s0" and runs[0].run_dir.name == runs[0].config_hash
+    assert spec.slurm.gpus_per_node == 2 and spec.slurm.tasks_per_node == 2
+    again = expand_grid(load_spec(SWEEPS / "r50_vs_r101_cityscapes.yaml"))
+    assert [r.config_hash for r in again] == [r.config_hash for r in runs]  # identity is stable
+
+
+def _spec(tmp_path: Path, body: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(f"name: t\nbase: {REPO / 'configs' / 'synthetic_tiny.yaml'}\n{body}")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("grid: {model.backbon: [resnet50]}\n", "unknown key model.backbon (did you mean model.backbone?)"),
+        ("grid: {}\n", "grid is empty"),
+        ("grid: {train.seed: []}\n", "grid.train.seed must be a non-empty list"),
+        ("grid: {train.seed: [0]}\nexecutor: {slurmm: {}}\n", "unknown key 'slurmm' (did you mean slurm?)"),
+        (
+            "grid: {train.seed: [0]}\nexecutor: {slurm: {gpus_per_node: two}}\n",
+            "executor.slurm.gpus_per_node: expected int",
+        ),
+        ("grid: {train.seed: [0]}\nextra: 1\n", "unknown key 'extra'"),
+        ("grid: {train.seed: [x]}\n", "train.seed must be an integer"),
+    ],
+)
+def test_bad_specs_are_named(tmp_path: Path, body: str, needle: str) -> None:
+    with pytest.raises(ExperimentsError) as err:
+        expand_grid(load_spec(_spec(tmp_path, body)))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_cli_bad_inputs_submit_nothing(tmp_path: Path) -> None:
+    good = _spec(tmp_path, "grid: {train.seed: [0]}\n")
+    cases = [
+        (["sweep", str(tmp_path / "missing.yaml")], "sweep spec not found"),
+        (["sweep", str(_spec(tmp_path, "grid: {}\n", "empty.yaml"))], "grid is empty"),
+        (["sweep", str(good), "--executor", "kubernetes"], "invalid choice: 'kubernetes'"),
+        (
+            ["sweep", str(good), "--tracking-uri", "http://127.0.0.1:9"],
+            "tracking URI http://127.0.0.1:9 does not answer",
+        ),
+        (["sweep", str(good), "--tracking-uri", "./mlruns"], "MLflow's file store is deprecated"),
+    ]
+    for args, needle in cases:
+        out = _cli(*args, cwd=tmp_path)
+        assert out.returncode != 0 and needle in out.stderr.strip().splitlines()[-1], (args, out.stderr[-300:])
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_slurm_without_sbatch_is_refused(tmp_path: Path) -> None:
+    good = _spec(tmp_path, "grid: {train.seed: [0]}\n")
+    env_path = "/nonexistent"
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments", "sweep", str(good), "--executor", "slurm"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": env_path, "HOME": str(tmp_path)},
+    )
+    assert out.returncode == 2 and "sbatch is not on PATH" in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_creates_nothing(tmp_path: Path) -> None:
+    out = _cli("sweep", str(SWEEPS / "r50_vs_r101_cityscapes.yaml"), "--dry-run", "--executor", "local", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "dry run: 24 runs, nothing submitted" in out.stdout
+    assert not (tmp_path / "mlflow.db").exists()
