@@ -169,6 +169,9 @@ def train(
     val_dataset = build_val_dataset(cfg)  # data errors surface before anything is written
     parts = _build(cfg, info)
     ckpt_path = run_dir / CHECKPOINT_NAME
+    if info.is_main:  # temp files of writes cut short by a kill -9 are never loaded: clear them
+        for stale in run_dir.glob(f".{CHECKPOINT_NAME}.tmp-*"):
+            stale.unlink(missing_ok=True)
     start, window = 0, {"loss": 0.0, "count": 0, "time": 0.0}
     if ckpt_path.exists():
         state = _resume(ckpt_path, cfg, parts)

@@ -151,10 +151,11 @@ def ensure_child_run(
     client = MlflowClient(uri)
     all_tags = {**tags, "mlflow.parentRunId": parent_run_id, "config_hash": config_hash}
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    client.update_run(run.info.run_id, status="SCHEDULED")  # RUNNING once its job starts (MlflowTracker.start)
     params_list = _params(params)
     for i in range(0, len(params_list), 100):
         client.log_batch(run.info.run_id, params=params_list[i : i + 100])
-    return ChildRun(run.info.run_id, run.info.status, {}, all_tags)
+    return ChildRun(run.info.run_id, "SCHEDULED", {}, all_tags)
 
 
 def mark_run(uri: str, run_id: str, status: str, reason: str | None = None) -> None:

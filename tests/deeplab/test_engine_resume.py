@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -110,11 +109,9 @@ def test_sigterm_to_the_cli_checkpoints_and_resumes_exactly(tiny_data: Path, ref
 
 def test_finished_run_is_not_trained_again(reference: Path, tiny_data: Path) -> None:
     before = (reference / "checkpoint.pt").stat().st_mtime_ns
-    start = time.perf_counter()
     result = train(tiny_config(tiny_data), reference)
     assert result.status == "finished" and result.metrics["val/mIoU"] >= 0
-    assert (reference / "checkpoint.pt").stat().st_mtime_ns == before
-    assert time.perf_counter() - start >= 0  # (no timing asserted: only that nothing was rewritten)
+    assert (reference / "checkpoint.pt").stat().st_mtime_ns == before  # nothing trained or rewritten
 
 
 def test_resume_with_another_config_names_both_hashes(reference: Path, tiny_data: Path) -> None:
