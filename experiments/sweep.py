@@ -187,11 +187,20 @@ def run_local(
 
 def _report(name: str, job: submitit.Job, failed: list[str]) -> None:
     try:
-        metrics = job.result()
+        metrics = job.results()[0]  # rank 0's; `result()` refuses multi-task (DDP) jobs
         print(f"  done  {name}: val mIoU {100 * metrics.get('val/mIoU', float('nan')):.2f}", flush=True)
     except Exception as err:  # the job's own error, in one line
         failed.append(name)
-        print(f"  FAILED {name}: {str(err).strip().splitlines()[-1][:200]}", flush=True)
+        print(f"  FAILED {name}: {failure_line(str(err))[:300]}", flush=True)
+
+
+def failure_line(text: str) -> str:
+    """The exception line of a submitit failure (its text ends with a traceback, then log paths)."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if any(line.startswith("You can check full logs") for line in lines):
+        lines = lines[: next(i for i, line in enumerate(lines) if line.startswith("You can check full logs"))]
+    lines = [line for line in lines if line and not set(line) <= {"-"}]
+    return lines[-1] if lines else text.strip()
 
 
 def wait_for(jobs: list[submitit.Job], names: list[str]) -> None:

@@ -1,0 +1,136 @@
+"""Reliability drills on real sweeps: a diverging run among healthy ones, and a 64-run grid through SLURM."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from tiny import REPO
+
+from experiments.errors import ExperimentsError
+from experiments.spec import load_spec
+from experiments.status import status_rows
+from experiments.store import child_runs
+from experiments.sweep import submit
+
+TINY_RUN = {
+    "data.synthetic": None,
+    "data.crop_size": [32, 64],
+    "data.batch_size_per_gpu": 2,
+    "train.eval_every": 2,
+    "train.checkpoint_every": 2,
+    "train.log_every": 1,
+    "schedule.warmup_iters": 1,
+}
+
+
+def write_spec(tmp_path: Path, data_root: Path, grid: dict[str, list[Any]], **overrides: Any) -> Path:
+    spec = {
+        "name": "drill",
+        "base": str(REPO / "configs" / "synthetic_tiny.yaml"),
+        "grid": grid,
+        "overrides": {**TINY_RUN, "data.root": str(data_root), **overrides},
+        "runs_root": str(tmp_path / "runs"),
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "executor": {
+            "local": {"parallelism": 2},
+            "slurm": {
+                "gpus_per_node": 1,
+                "tasks_per_node": 1,
+                "cpus_per_task": 1,
+                "mem": "1G",
+                "time": 30,
+                "array_parallelism": 2,
+            },
+        },
+    }
+    path = tmp_path / "drill.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _children(uri: str, name: str = "drill") -> dict[str, Any]:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    parent = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'parent'")[0]
+    return {c.run_id: c for c in child_runs(uri, experiment.experiment_id, parent.info.run_id).values()}
+
+
+def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.slow
+def test_a_diverging_run_ends_failed_with_its_reason_and_the_others_finish(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the poisoned runs' loss becomes inf/NaN within a few iterations (a learning rate of 1e12, no warm-up)
+    path = write_spec(
+        tmp_path,
+        tiny_data,
+        {"optim.lr": [0.01, 1.0e12], "train.seed": [0, 1]},
+        **{"train.iterations": 4, "schedule.warmup": "none"},
+    )
+    spec = load_spec(path)
+    with pytest.raises(ExperimentsError, match=r"2 run\(s\) failed: "):
+        submit(spec, "local", wait=True)
+    printed = capsys.readouterr().out
+    assert printed.count("TrainingDiverged: training diverged at iteration") == 2, printed
+    client = MlflowClient(spec.tracking_uri)
+    runs = [client.get_run(run_id) for run_id in _children(spec.tracking_uri)]
+    by_lr = {(r.data.params["optim.lr"], r.data.params["train.seed"]): r for r in runs}
+    print("NaN drill:", {k: r.info.status for k, r in by_lr.items()})
+    for (lr, _), run in by_lr.items():
+        if float(lr) > 1:
+            assert run.info.status == "FAILED"
+            assert run.data.tags["failure_reason"].startswith("training diverged at iteration")
+        else:
+            assert run.info.status == "FINISHED"
+            assert _steps(client, run.info.run_id, "train/loss") == [1, 2, 3, 4]
+    assert len(by_lr) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_sixty_four_runs_through_slurm_lose_nothing(slurm_cluster: Any, tiny_data: Path, tmp_path: Path) -> None:
+    n, iterations = 64, 2
+    path = write_spec(tmp_path, tiny_data, {"train.seed": list(range(n))}, **{"train.iterations": iterations})
+    spec = load_spec(path)
+    jobs = submit(spec, "slurm")
+    assert len(jobs) == n
+    seen: dict[str, str] = {}
+    polls = regressions = 0
+    order = {"SCHEDULED": 0, "RUNNING": 1, "FINISHED": 2}
+    deadline = time.monotonic() + 1500
+    while True:
+        rows = status_rows(spec)
+        polls += 1
+        assert len(rows) == n
+        for row in rows:
+            status, job = str(row["status"]), str(row["job"])
+            assert status in order, row
+            assert job != "-", row  # every run knows its array task
+            if order[status] < order[seen.get(str(row["hash"]), "SCHEDULED")]:
+                regressions += 1
+            seen[str(row["hash"])] = status
+            if job.endswith("COMPLETED"):  # the job closes its MLflow run before it exits
+                assert status == "FINISHED", row
+            if status == "FINISHED":
+                assert row["iteration"] == f"{iterations}/{iterations}" and row["val_mIoU"] != "-", row
+        if all(s == "FINISHED" for s in seen.values()) and len(seen) == n:
+            break
+        assert time.monotonic() < deadline, f"{sum(s == 'FINISHED' for s in seen.values())}/{n} finished"
+        time.sleep(3)
+    client = MlflowClient(spec.tracking_uri)
+    lost = 0
+    for run_id in _children(spec.tracking_uri):
+        lost += iterations - len(set(_steps(client, run_id, "train/loss")))
+        assert _steps(client, run_id, "train/loss") == list(range(1, iterations + 1))
+        assert _steps(client, run_id, "val/mIoU") == [iterations]
+    states = {slurm_cluster.wait(job.job_id, timeout=60) for job in jobs}
+    print(f"64-run load: {n} finished, {lost} metric points lost, {polls} status polls, {regressions} regressions")
+    assert states == {"COMPLETED"} and regressions == 0 and lost == 0
