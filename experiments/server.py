@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import ipaddress
 import os
 import socket
@@ -29,14 +30,21 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def server_command(backend_uri: str, artifact_root: Path, host: str, port: int) -> list[str]:
+def driver_uri(backend_uri: str) -> str:
+    """The backend URI with a PostgreSQL driver that is installed: SQLAlchemy ≥ 2.1 reads a bare ``postgresql://``
+    as psycopg 3, while this project installs psycopg2 (``psycopg2-binary``)."""
+    if backend_uri.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + backend_uri[len("postgresql://") :]
+    return backend_uri
+
+
+def server_command(artifact_root: Path, host: str, port: int) -> list[str]:
+    """The ``mlflow server`` command line; the backend URI goes in the environment (see ``server_env``)."""
     return [
         sys.executable,
         "-m",
         "mlflow",
         "server",
-        "--backend-store-uri",
-        backend_uri,
         "--artifacts-destination",
         str(artifact_root),
         "--serve-artifacts",
@@ -47,6 +55,24 @@ def server_command(backend_uri: str, artifact_root: Path, host: str, port: int) 
         "--workers",
         "1",
     ]
+
+
+def server_env(backend_uri: str) -> dict[str, str]:
+    """The server's environment: the backend URI as MLFLOW_BACKEND_STORE_URI, not on the command line, which every
+    user of a login node can read with ``ps`` (a database URI may hold a password); background jobs off."""
+    return {
+        **os.environ,
+        "MLFLOW_BACKEND_STORE_URI": driver_uri(backend_uri),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+
+
+def _last_line(log: Path | None) -> str:
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log else []
+    except OSError:
+        return ""
+    return f": {lines[-1].strip()[:300]}" if lines else ""
 
 
 def start_server(
@@ -66,20 +92,25 @@ def start_server(
             flush=True,
         )
     artifact_root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (the server outlives this function)
-    proc = subprocess.Popen(
-        server_command(backend_uri, artifact_root, host, port),
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below: the child has its own copy)
+    try:
+        proc = subprocess.Popen(
+            server_command(artifact_root, host, port),
+            env=server_env(backend_uri),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        if log:
+            out.close()
     url = f"http://127.0.0.1:{port}/health"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ExperimentsError(f"mlflow server exited with status {proc.returncode} (log: {log or 'not kept'})")
+            raise ExperimentsError(
+                f"mlflow server exited with status {proc.returncode} (log: {log or 'not kept'}){_last_line(log)}"
+            )
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
             if response.status == 200:
                 return proc
@@ -96,7 +127,8 @@ def stop_server(proc: subprocess.Popen) -> None:
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
             proc.wait()
 
 
