@@ -30,6 +30,10 @@ def resolve_tracking_uri(uri: str | None, project_dir: Path | None = None) -> st
             f"tracking URI {uri!r}: use sqlite:///ABS/PATH.db, http(s)://HOST:PORT or postgresql://… "
             "(MLflow's file store is deprecated)"
         )
+    if uri.startswith("postgresql://"):  # a bare scheme means psycopg 3 to SQLAlchemy ≥ 2.1; psycopg2 is installed
+        from experiments.server import driver_uri
+
+        uri = driver_uri(uri)
     return uri
 
 
@@ -41,11 +45,21 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             raise ExperimentsError(f"tracking URI {uri}: directory {parent} does not exist or is not writable")
         return
     if uri.startswith("http"):
+        # an API call, not /health: MLflow 3 answers /health to any Host but refuses API calls (403) addressed to
+        # a host name it does not allow, which would otherwise surface only inside the jobs
+        probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            with urllib.request.urlopen(probe, timeout=timeout_s) as response:
                 if response.status == 200:
                     return
                 reason = f"HTTP {response.status}"
+        except urllib.error.HTTPError as err:
+            reason = f"HTTP {err.code}" + (
+                " (MLflow refuses this host name: use the server's IP address or start it with "
+                "MLFLOW_SERVER_ALLOWED_HOSTS)"
+                if err.code == 403
+                else ""
+            )
         except (TimeoutError, urllib.error.URLError, OSError) as err:
             reason = str(getattr(err, "reason", err))
         raise ExperimentsError(f"tracking URI {uri} does not answer: {reason}")
