@@ -1,12 +1,16 @@
-"""``python -m experiments``: sweep, status, cancel, server, demo."""
+"""``python -m experiments``: sweep, status, cancel, sync, server, demo."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deeplab.errors import DeeplabError
+
+if TYPE_CHECKING:
+    from experiments.spec import SweepSpec
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -30,6 +34,58 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     from experiments.status import cancel
 
     print(f"cancelled {cancel(load_spec(args.spec), args.tracking_uri)} run(s)")
+    return 0
+
+
+def sync(spec: SweepSpec, tracking_uri: str | None = None) -> list[tuple[str, str, int]]:
+    """Replay each run directory's tracking spool into its MLflow run (found by config hash under the sweep's
+    parent run); returns (run name, run id, points) per replayed spool. Meant for runs whose jobs have ended: a
+    running job replays its own spool at its next flush."""
+    from mlflow.tracking import MlflowClient
+
+    from experiments.errors import ExperimentsError
+    from experiments.mlflow_tracker import SPOOL_NAME, MlflowTracker
+    from experiments.spec import expand_grid
+    from experiments.store import check_reachable, child_runs, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
+    spooled = [r for r in expand_grid(spec) if (r.run_dir / SPOOL_NAME).exists()]
+    if not spooled:
+        return []
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(spec.experiment)
+    parents = []
+    if experiment is not None:
+        parent_filter = f"tags.`sweep.name` = '{spec.name}' and tags.`sweep.role` = 'parent'"
+        parents = client.search_runs([experiment.experiment_id], parent_filter)
+    if not parents:
+        raise ExperimentsError(f"sweep {spec.name}: no MLflow parent run at {uri}; its spools stay in the run dirs")
+    children = child_runs(uri, experiment.experiment_id, parents[0].info.run_id)
+    orphans = [str(r.run_dir) for r in spooled if r.config_hash not in children]
+    if orphans:
+        raise ExperimentsError(f"sweep {spec.name}: no MLflow run at {uri} for the spool(s) in {', '.join(orphans)}")
+    done = []
+    for r in spooled:
+        spool = r.run_dir / SPOOL_NAME
+        points = sum(1 for line in spool.read_text().splitlines() if line.strip())
+        run_id = children[r.config_hash].run_id
+        MlflowTracker(uri, run_id, spool_dir=r.run_dir).close(None)  # sends the spool; keeps it if that fails
+        if spool.exists():
+            raise ExperimentsError(f"{spool}: not replayed into run {run_id} at {uri}; the spool is kept")
+        done.append((r.name, run_id, points))
+    return done
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from experiments.spec import load_spec
+
+    spec = load_spec(args.spec)
+    synced = sync(spec, args.tracking_uri)
+    for name, run_id, points in synced:
+        print(f"synced {points} spooled points of {name} into run {run_id}")
+    if not synced:
+        print(f"sweep {spec.name}: no spooled points to sync")
     return 0
 
 
@@ -77,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--tracking-uri", **uri)
     p.set_defaults(func=_cmd_cancel)
+
+    p = sub.add_parser("sync", help="send points spooled while the tracking server was away to their MLflow runs")
+    p.add_argument("spec")
+    p.add_argument("--tracking-uri", **uri)
+    p.set_defaults(func=_cmd_sync)
 
     p = sub.add_parser("server", help="run `mlflow server` (127.0.0.1 unless --host says otherwise)")
     p.add_argument("--backend-store-uri", default=None, help="sqlite:///… (default ./mlflow.db) or postgresql://…")

@@ -1,0 +1,285 @@
+"""Sweeps on the real local SLURM cluster, end to end: a job array ends with every MLflow run FINISHED and every
+step logged once; a finished sweep resubmits nothing; a 2-task job trains as two gloo DDP ranks; a preempted run
+is requeued, resumes in the same MLflow run and ends bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import torch
+import yaml
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from tiny import REPO, TINY
+
+from deeplab.checkpoint import load_checkpoint
+from deeplab.engine import train
+from experiments.spec import SweepSpec, expand_grid, load_spec
+from experiments.sweep import JOB_ID_FILE, submit
+
+if TYPE_CHECKING:
+    from conftest import LocalCluster
+
+TINY_SWEEP = REPO / "experiments" / "sweeps" / "tiny_synthetic.yaml"
+THREADS = "1"  # jobs and the in-process reference train with the same thread count (bit-identical float sums)
+
+
+def _write_spec(
+    tmp: Path,
+    cluster: LocalCluster,
+    stem: str,
+    *,
+    grid: dict[str, list[Any]] | None = None,
+    overrides: dict[str, Any] | None = None,
+    slurm: dict[str, Any] | None = None,
+) -> Path:
+    """experiments/sweeps/tiny_synthetic.yaml with its data, runs and MLflow store in ``tmp``, under a fresh name
+    (so sacct can tell this sweep's jobs from any other's)."""
+    data = yaml.safe_load(TINY_SWEEP.read_text())
+    data["name"] = f"{stem}_{uuid.uuid4().hex[:8]}"
+    data["base"] = str(TINY)
+    data["runs_root"] = str(tmp / "runs")
+    data["tracking"] = {"uri": f"sqlite:///{tmp / 'mlflow.db'}"}
+    data["grid"] = grid or data["grid"]
+    data["overrides"].update({"data.root": str(tmp / "data"), "train.deterministic": True, **(overrides or {})})
+    data["executor"]["slurm"].update({"partition": cluster.partition, **(slurm or {})})
+    path = tmp / f"{stem}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**env, "OMP_NUM_THREADS": THREADS}  # sbatch passes the environment on to the jobs
+
+
+def _cli(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "experiments", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=_env(), timeout=timeout)
+
+
+def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def _sweep_jobs(name: str) -> list[str]:
+    """Every job (array task) sacct and squeue know under this job name."""
+    sacct = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-S", "2020-01-01", "--name", name, "-o", "JobID"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    squeue = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True, check=True)
+    return sorted(set(sacct.stdout.split()) | set(squeue.stdout.split()))
+
+
+def _squeue_state(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+
+
+def _children(spec: SweepSpec) -> dict[str, Run]:
+    """The sweep's child runs by config hash."""
+    client = MlflowClient(spec.tracking_uri)
+    experiment = client.get_experiment_by_name(spec.experiment)
+    runs = client.search_runs([experiment.experiment_id], "tags.`sweep.name` = '" + spec.name + "'")
+    return {r.data.tags["config_hash"]: r for r in runs if r.data.tags.get("sweep.role") != "parent"}
+
+
+def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    """Steps of a metric, sorted, duplicates kept (== range(1, n+1) means each step exactly once)."""
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def _job_ids(spec: SweepSpec) -> list[str]:
+    return [(r.run_dir / JOB_ID_FILE).read_text().split()[1] for r in expand_grid(spec)]
+
+
+def _logs(spec: SweepSpec) -> str:
+    folder = spec.runs_root / spec.name / ".submitit"
+    return "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted(folder.glob("*_log.*")))
+
+
+def _submit_and_wait(spec: SweepSpec) -> subprocess.CompletedProcess:
+    """`experiments sweep SPEC --executor slurm --wait`; if it fails, none of its jobs stays queued."""
+    out = None
+    try:
+        out = _cli("sweep", str(spec.path), "--executor", "slurm", "--wait")
+    finally:
+        if out is None or out.returncode != 0:
+            for job in _sweep_jobs(spec.name):
+                subprocess.run(["scancel", job], check=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(
+    slurm_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[SweepSpec, subprocess.CompletedProcess]:
+    """The 2×2 tiny sweep (res50/res101 × 2 seeds) submitted as one job array and waited for."""
+    path = _write_spec(tmp_path_factory.mktemp("sweep"), slurm_cluster, "tiny")
+    spec = load_spec(path)
+    return spec, _submit_and_wait(spec)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_sweep_job_array_finishes_every_run_with_every_step_once(
+    finished_sweep: tuple[SweepSpec, subprocess.CompletedProcess], slurm_cluster: LocalCluster
+) -> None:
+    spec, out = finished_sweep
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:] + _logs(spec)
+    assert "submitted 4 runs (slurm)" in out.stdout
+    cells = expand_grid(spec)
+    assert sorted(line.split()[1] for line in out.stdout.splitlines() if line.startswith("  done ")) == sorted(
+        f"{c.name}:" for c in cells
+    )
+    jobs = _job_ids(spec)
+    array = {j.split("_")[0] for j in jobs}
+    assert len(array) == 1 and sorted(jobs) == [f"{next(iter(array))}_{i}" for i in range(4)]  # one job array
+    assert [slurm_cluster.wait(j) for j in jobs] == ["COMPLETED"] * 4
+
+    client = MlflowClient(spec.tracking_uri)
+    children = _children(spec)
+    assert sorted(children) == sorted(c.config_hash for c in cells)
+    for cell in cells:
+        run = children[cell.config_hash]
+        run_id = run.info.run_id
+        assert run.info.status == "FINISHED", (cell.name, run.data.tags.get("failure_reason"))
+        assert run.info.run_name == cell.name
+        assert run.data.params["model.backbone"] == cell.config.model.backbone
+        assert run.data.params["train.seed"] == str(cell.config.train.seed)
+        assert run.data.tags["slurm.array_job_id"] in array and run.data.tags["restart_count"] == "0"
+        assert _steps(client, run_id, "train/loss") == [1, 2, 3, 4, 5, 6]
+        assert _steps(client, run_id, "train/lr") == [1, 2, 3, 4, 5, 6]
+        assert _steps(client, run_id, "val/mIoU") == [3, 6]
+        assert all(0.0 <= m.value <= 1.0 for m in client.get_metric_history(run_id, "val/mIoU"))
+        assert load_checkpoint(cell.run_dir / "checkpoint.pt")["iteration"] == 6
+    assert len({r.data.tags["slurm.array_task_id"] for r in children.values()}) == 4
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_resubmitting_a_finished_sweep_submits_nothing(
+    finished_sweep: tuple[SweepSpec, subprocess.CompletedProcess],
+) -> None:
+    spec, first = finished_sweep
+    assert first.returncode == 0, first.stderr[-2000:]
+    jobs_before, ids_before = _sweep_jobs(spec.name), _job_ids(spec)
+    assert len(jobs_before) == 4
+    out = _cli("sweep", str(spec.path), "--executor", "slurm")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "every run is FINISHED: nothing to submit"
+    assert "submitted" not in out.stdout
+    assert [line.split()[2] for line in out.stdout.splitlines()[1:5]] == ["FINISHED"] * 4
+    assert _sweep_jobs(spec.name) == jobs_before  # sacct and squeue: no new job
+    assert _job_ids(spec) == ids_before
+    assert len(_children(spec)) == 4  # and no new MLflow run
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_two_task_job_trains_as_two_ddp_ranks(slurm_cluster: LocalCluster, tmp_path: Path) -> None:
+    path = _write_spec(
+        tmp_path,
+        slurm_cluster,
+        "ddp",
+        grid={"train.seed": [0]},
+        slurm={"gpus_per_node": 2, "tasks_per_node": 2, "cpus_per_task": 1},
+    )
+    spec = load_spec(path)
+    out = _submit_and_wait(spec)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:] + _logs(spec)
+    assert "  done  s0: val mIoU " in out.stdout
+    [job] = _job_ids(spec)
+    assert slurm_cluster.wait(job) == "COMPLETED"
+    tres = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "AllocTRES%80"], capture_output=True, text=True)
+    assert "gres/gpu=2" in tres.stdout
+    [run] = _children(spec).values()
+    assert run.info.status == "FINISHED", run.data.tags.get("failure_reason")
+    assert run.data.params["info.world_size"] == "2"  # what the engine saw
+    assert run.data.params["info.device"] == "cpu"  # fake GPUs: gloo on CPU
+    client = MlflowClient(spec.tracking_uri)
+    assert _steps(client, run.info.run_id, "train/loss") == [1, 2, 3, 4, 5, 6]  # rank 0 alone reports
+    assert _steps(client, run.info.run_id, "val/mIoU") == [3, 6]
+    folder = spec.runs_root / spec.name / ".submitit"
+    rank1 = (folder / f"{job}_1_log.out").read_text()
+    assert "global_rank=1(2)" in rank1 and "Job completed successfully" in rank1  # rank 1 ran and ended well
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_preempted_run_is_requeued_resumes_and_ends_bit_identical(
+    slurm_cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    iterations = 40
+    path = _write_spec(
+        tmp_path,
+        slurm_cluster,
+        "preempt",
+        grid={"train.seed": [0]},
+        overrides={"train.iterations": iterations, "train.eval_every": 20, "train.checkpoint_every": 4},
+    )
+    spec = load_spec(path)
+    [cell] = expand_grid(spec)
+    for key, value in _env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(REPO)
+    [job] = submit(spec, "slurm")
+    client = MlflowClient(spec.tracking_uri)
+    run_id = _children(spec)[cell.config_hash].info.run_id
+    try:
+        # points reach MLflow at each checkpoint (the engine flushes before writing one): 8 = two checkpoints
+        _wait_for(lambda: len(_steps(client, run_id, "train/loss")) >= 8, "two checkpoints", timeout=900)
+        assert slurm_cluster.state(job.job_id) == "RUNNING"
+        assert len(_steps(client, run_id, "train/loss")) < iterations, "finished before the preemption"
+        job._interrupt()  # what SLURM does on preemption: SIGTERM, then submitit's USR2
+        _wait_for(
+            lambda: (
+                _squeue_state(job.job_id) == "PENDING" or slurm_cluster.state(job.job_id) in ("FAILED", "COMPLETED")
+            ),
+            "the requeue",
+            timeout=300,
+        )
+        assert _squeue_state(job.job_id) == "PENDING", _logs(spec)
+        subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], check=True)  # skip the hold
+        state = slurm_cluster.wait(job.job_id, timeout=900)
+    finally:
+        subprocess.run(["scancel", job.job_id], check=False)  # no-op once it has ended
+    logs = _logs(spec)
+    assert state == "COMPLETED", logs
+    assert "Requeued job" in logs, logs
+
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED", run.data.tags.get("failure_reason")
+    assert int(run.data.tags["restart_count"]) >= 1  # the second attempt ran with SLURM_RESTART_COUNT set
+    assert len(_children(spec)) == 1  # the same MLflow run, not a new one
+    assert _steps(client, run_id, "train/loss") == list(range(1, iterations + 1))  # each step exactly once
+    assert _steps(client, run_id, "val/mIoU") == [20, 40]
+    resumed = load_checkpoint(cell.run_dir / "checkpoint.pt")
+    assert resumed["iteration"] == iterations
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(THREADS))
+    try:
+        reference = train(cell.config, tmp_path / "reference", None, progress="lines")
+    finally:
+        torch.set_num_threads(threads)
+    assert reference.status == "finished"
+    expected = load_checkpoint(tmp_path / "reference" / "checkpoint.pt")["model"]
+    assert resumed["model"].keys() == expected.keys()
+    different = [k for k in expected if not torch.equal(resumed["model"][k], expected[k])]
+    assert not different, f"{len(different)} of {len(expected)} tensors differ, e.g. {different[:3]}"
+    assert resumed["final_metrics"] == reference.metrics

@@ -1,0 +1,179 @@
+"""`python -m experiments sweep` refuses bad input in one line naming the culprit, before anything is created or
+submitted; `--dry-run` only prints; `sync` replays tracking spools into their MLflow runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from tiny import TINY
+
+from experiments.mlflow_tracker import SPOOL_NAME, MlflowTracker
+from experiments.spec import load_spec
+from experiments.sweep import plan
+
+if TYPE_CHECKING:
+    from conftest import LocalCluster
+
+GOOD_GRID = "grid:\n  model.backbone: [resnet50, resnet101]\n  train.seed: [0, 1]\n"
+
+
+def _spec(tmp_path: Path, grid: str = GOOD_GRID, *, uri: str | None = None, file: str = "spec.yaml") -> Path:
+    """A spec whose runs, MLflow store and data all live in tmp_path, under a name no other test uses."""
+    name = f"cli_{uuid.uuid4().hex[:10]}"
+    uri = uri or f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = tmp_path / file
+    path.write_text(
+        f"name: {name}\nbase: {TINY}\nruns_root: runs\ntracking: {{uri: '{uri}'}}\n{grid}"
+        f"overrides:\n  data.root: {tmp_path / 'data'}\n  train.iterations: 6\n  schedule.warmup_iters: 2\n"
+    )
+    return path
+
+
+def _cli(*args: str, cwd: Path, path: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    if path is not None:
+        env["PATH"] = path
+    cmd = [sys.executable, "-m", "experiments", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def _error_line(out: subprocess.CompletedProcess) -> str:
+    """The one line that names the problem (argparse prints its usage above it)."""
+    lines = out.stderr.strip().splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and errors[0] == lines[-1], out.stderr
+    return errors[0]
+
+
+def _assert_nothing_created(tmp_path: Path) -> None:
+    assert not (tmp_path / "mlflow.db").exists(), "an MLflow store was created"
+    assert not (tmp_path / "runs").exists(), "a run directory (or a submitit job folder) was created"
+    assert not (tmp_path / "data").exists(), "data was generated"
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("unknown grid key", "unknown key model.backbon (did you mean model.backbone?)"),
+        ("empty grid", "grid is empty"),
+        ("unknown executor", "argument --executor: invalid choice: 'kubernetes'"),
+        ("slurm without sbatch", "--executor slurm: sbatch is not on PATH"),
+        ("unreachable tracking URI", "tracking URI http://127.0.0.1:9 does not answer"),
+        ("spec file missing", "sweep spec not found: "),
+    ],
+)
+def test_bad_input_is_named_in_one_line_and_nothing_is_created(tmp_path: Path, case: str, needle: str) -> None:
+    args, path = ["--executor", "local"], None
+    spec = _spec(tmp_path)
+    if case == "unknown grid key":
+        spec = _spec(tmp_path, "grid:\n  model.backbon: [resnet50]\n")
+    elif case == "empty grid":
+        spec = _spec(tmp_path, "grid: {}\n")
+    elif case == "unknown executor":
+        args = ["--executor", "kubernetes"]
+    elif case == "slurm without sbatch":
+        args, path = ["--executor", "slurm"], str(Path(sys.executable).parent)  # python, but no SLURM commands
+    elif case == "unreachable tracking URI":
+        args += ["--tracking-uri", "http://127.0.0.1:9"]
+    elif case == "spec file missing":
+        spec = tmp_path / "missing.yaml"
+    out = _cli("sweep", str(spec), *args, cwd=tmp_path, path=path)
+    assert out.returncode == 2, (out.returncode, out.stderr[-500:])
+    line = _error_line(out)
+    assert needle in line, line
+    if case == "spec file missing":
+        assert str(spec) in line
+    assert "submitted" not in out.stdout
+    _assert_nothing_created(tmp_path)
+
+
+def test_dry_run_prints_the_table_and_submits_nothing(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    out = _cli("sweep", str(spec), "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-500:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].split() == ["hash", "run", "status", "run", "dir"]
+    runs = [line.split() for line in lines[1:-1]]
+    assert [r[1] for r in runs] == ["r50-s0", "r50-s1", "r101-s0", "r101-s1"]
+    assert all(r[2] == "-" and r[3] == str(tmp_path / "runs" / load_spec(spec).name / r[0]) for r in runs)
+    assert lines[-1] == "dry run: 4 runs, nothing submitted"
+    _assert_nothing_created(tmp_path)
+
+
+@pytest.mark.slurm
+def test_bad_input_for_the_slurm_executor_submits_no_job(slurm_cluster: LocalCluster, tmp_path: Path) -> None:
+    cases = [
+        (_spec(tmp_path, "grid:\n  model.backbon: [resnet50]\n", file="a.yaml"), [], "unknown key model.backbon"),
+        (_spec(tmp_path, file="b.yaml"), ["--tracking-uri", "http://127.0.0.1:9"], "does not answer"),
+    ]
+    for spec, extra, needle in cases:
+        out = _cli("sweep", str(spec), "--executor", "slurm", *extra, cwd=tmp_path)
+        assert out.returncode == 2 and needle in _error_line(out), out.stderr[-500:]
+        name = load_spec(spec).name
+        sacct = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-S", "2020-01-01", "--name", name, "-o", "JobID"],
+            capture_output=True,
+            text=True,
+        )
+        assert sacct.returncode == 0 and sacct.stdout.strip() == "", sacct.stdout
+    _assert_nothing_created(tmp_path)
+
+
+def test_sync_replays_spools_into_their_runs(tmp_path: Path) -> None:
+    spec_path = _spec(tmp_path)
+    spec = load_spec(spec_path)
+    uri = spec.tracking_uri
+    planned = plan(spec, uri, dry_run=False)  # the parent and child runs, as `sweep` creates them before submitting
+    spooled = planned[:2]
+    for i, p in enumerate(spooled):  # points written while the server was away (the tracker's own spool writer)
+        p.run.run_dir.mkdir(parents=True)
+        tracker = MlflowTracker(uri, p.child.run_id, spool_dir=p.run.run_dir)
+        tracker._append_spool([Metric("train/loss", 1.0 / step + i, 1000 + step, step) for step in range(1, 6)])
+    untouched = planned[2].run.run_dir
+    untouched.mkdir(parents=True)
+
+    unreachable = _cli("sync", str(spec_path), "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)
+    assert unreachable.returncode == 2
+    assert "tracking URI http://127.0.0.1:9 does not answer" in _error_line(unreachable)
+    assert all((p.run.run_dir / SPOOL_NAME).exists() for p in spooled)  # kept for a later try
+
+    out = _cli("sync", str(spec_path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-800:]
+    assert out.stdout.splitlines() == [
+        f"synced 5 spooled points of {p.run.name} into run {p.child.run_id}" for p in spooled
+    ]
+    client = MlflowClient(uri)
+    for i, p in enumerate(spooled):
+        assert not (p.run.run_dir / SPOOL_NAME).exists()
+        history = sorted((m.step, m.value) for m in client.get_metric_history(p.child.run_id, "train/loss"))
+        assert history == [(step, 1.0 / step + i) for step in range(1, 6)]
+    assert client.get_metric_history(planned[2].child.run_id, "train/loss") == []
+
+    again = _cli("sync", str(spec_path), cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.strip() == f"sweep {spec.name}: no spooled points to sync"
+    assert all(len(client.get_metric_history(p.child.run_id, "train/loss")) == 5 for p in spooled)  # sent once
+
+
+def test_sync_names_a_spool_without_its_run(tmp_path: Path) -> None:
+    spec_path = _spec(tmp_path)
+    spec = load_spec(spec_path)
+    [first, *_] = plan(spec, spec.tracking_uri, dry_run=False)
+    stray = tmp_path / "runs" / spec.name / "0123456789ab"  # not a cell of this grid: never looked at
+    stray.mkdir(parents=True)
+    (stray / SPOOL_NAME).write_text("")
+    client = MlflowClient(spec.tracking_uri)
+    client.delete_run(first.child.run_id)  # its run is gone from the store, its spool is not
+    first.run.run_dir.mkdir(parents=True)
+    (first.run.run_dir / SPOOL_NAME).write_text('{"key": "train/loss", "value": 1.0, "timestamp": 1, "step": 1}\n')
+    out = _cli("sync", str(spec_path), cwd=tmp_path)
+    assert out.returncode == 2
+    assert f"no MLflow run at {spec.tracking_uri} for the spool(s) in {first.run.run_dir}" in _error_line(out)
+    assert (first.run.run_dir / SPOOL_NAME).exists()
