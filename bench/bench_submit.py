@@ -41,8 +41,7 @@ PHASES = {
     "expand_grid": "expand",
     "ensure_experiment": "store setup",
     "ensure_parent_run": "store setup",
-    "child_runs": "store setup",
-    "ensure_child_run": "store setup",
+    "ensure_child_runs": "store setup",
     "git_state": "git state (tags)",
     "ensure_synthetic": "synthetic data",
     "make_executor": "submit",
@@ -131,7 +130,7 @@ def main() -> None:
     print(f"{'other (table, dirs)':<22} {other:7.2f}")
     print(f"{'total':<22} {total:7.2f}   goal < {GOAL_S:.0f} s: {'met' if total < GOAL_S else 'NOT met'}")
     per_run = 1000 * seconds["store setup"] / RUNS
-    print(f"(store setup: {per_run:.0f} ms per child run: create_run, update_run SCHEDULED, log_batch of params)")
+    print(f"(store setup: {per_run:.0f} ms per child run: create_run, then one transaction for status + params)")
     print(f"(before that, interpreter imports: {IMPORT_SECONDS:.2f} s)")
 
 

@@ -15,9 +15,11 @@ if TYPE_CHECKING:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from experiments.spec import load_spec
+
+    spec = load_spec(args.spec)  # a bad spec fails before torch, MLflow and submitit are imported (seconds)
     from experiments.sweep import submit
 
-    submit(load_spec(args.spec), args.executor, dry_run=args.dry_run, wait=args.wait, tracking_uri=args.tracking_uri)
+    submit(spec, args.executor, dry_run=args.dry_run, wait=args.wait, tracking_uri=args.tracking_uri)
     return 0
 
 

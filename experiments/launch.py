@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from deeplab.config import from_dict
 from deeplab.engine import train
 from deeplab.errors import DeeplabError
 from experiments.mlflow_tracker import MlflowTracker
-from experiments.store import mark_run
+from experiments.store import close_parent_if_done, mark_run
 
 
 def git_state(repo: Path) -> dict[str, str]:
@@ -88,10 +89,20 @@ class RunJob(submitit.helpers.Checkpointable):
                 tracker.close(None)
                 reason = str(err) if isinstance(err, DeeplabError) else f"{err.__class__.__name__}: {err}"
                 mark_run(self.tracking_uri, self.run_id, "FAILED", reason)
+                self._close_parent()
             raise
         if tracker is not None:  # interrupted (preempted or timed out): stays RUNNING, the requeued job resumes
             tracker.close("FINISHED" if result.status == "finished" else None)
+            if result.status == "finished":
+                self._close_parent()
         return result.metrics
+
+    def _close_parent(self) -> None:
+        """The last child to end ends the sweep's parent run (bookkeeping: a tracking hiccup here is only logged)."""
+        try:
+            close_parent_if_done(self.tracking_uri, self.run_id)
+        except Exception as err:  # the run's own result is already recorded
+            print(f"warning: could not update the sweep's parent run: {err}", file=sys.stderr, flush=True)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Requeue the same job: it resumes from the run directory's latest checkpoint."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from deeplab.config import Config, config_hash, load_config
+from deeplab.config import Config, config_hash, flatten, load_config, to_dict
 from deeplab.errors import DeeplabError
 from experiments.errors import ExperimentsError
 
@@ -125,6 +125,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     tracking = data.get("tracking") or {}
     _unknown(tracking, {"uri"}, f"sweep spec {path}: tracking")
     base = (path.parent / data["base"]).resolve()
+    _check_keys(path, base, grid, "grid")
+    _check_keys(path, base, data.get("overrides") or {}, "overrides")
     return SweepSpec(
         name=name,
         base=base,
@@ -136,6 +138,21 @@ def load_spec(path: str | Path) -> SweepSpec:
         tracking_uri=tracking.get("uri"),
         path=path.resolve(),
     )
+
+
+def _check_keys(path: Path, base: Path, section: dict[str, Any], where: str) -> None:
+    """Every grid/overrides key names a config field, checked here so the error names the spec, not the base."""
+    try:
+        known = flatten(to_dict(load_config(base)))
+    except DeeplabError as err:
+        raise ExperimentsError(f"sweep spec {path}: base {err}") from None
+    sections = {k.rsplit(".", 1)[0] for k in known}
+    for key in section:
+        if not isinstance(key, str) or key in known or key in sections:
+            continue
+        close = difflib.get_close_matches(str(key), [*known, *sections], n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ExperimentsError(f"sweep spec {path}: {where}.{key} is not a config key{hint}")
 
 
 def _run_name(values: dict[str, Any]) -> str:

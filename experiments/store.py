@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
 from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -172,9 +174,109 @@ def ensure_child_run(
     return ChildRun(run.info.run_id, "SCHEDULED", {}, all_tags)
 
 
+@dataclass(frozen=True)
+class NewChild:
+    """One grid cell's child run to create: its config hash, name, params (the resolved config) and tags."""
+
+    config_hash: str
+    run_name: str
+    params: dict[str, Any]
+    tags: dict[str, str]
+
+
+def ensure_child_runs(
+    uri: str, experiment_id: str, parent_run_id: str, cells: list[NewChild], workers: int = 8
+) -> dict[str, ChildRun]:
+    """Every cell's child run by config hash: existing ones found (a resubmission continues them), the rest
+    created SCHEDULED with their params.
+
+    On a database store the runs are created by MLflow (``create_run``, with their tags) and then, in one
+    transaction, set SCHEDULED and given their params: three round trips per run cost ~50 ms each, five
+    seconds for a 100-run grid. A tracking server gets the per-run calls from a thread pool.
+    """
+    existing = child_runs(uri, experiment_id, parent_run_id)
+    todo = [cell for cell in cells if cell.config_hash not in existing]
+    if not todo:
+        return existing
+    client = MlflowClient(uri)
+
+    def tags(cell: NewChild) -> dict[str, str]:
+        return {**cell.tags, "mlflow.parentRunId": parent_run_id, "config_hash": cell.config_hash}
+
+    if not uri.startswith(("sqlite:", "postgresql")):
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            made = pool.map(
+                lambda c: ensure_child_run(
+                    uri, experiment_id, parent_run_id, c.config_hash, c.run_name, c.params, c.tags, existing
+                ),
+                todo,
+            )
+            return {**existing, **{cell.config_hash: child for cell, child in zip(todo, made, strict=True)}}
+    created = {
+        cell.config_hash: client.create_run(experiment_id, run_name=cell.run_name, tags=tags(cell)) for cell in todo
+    }
+    run_ids = [run.info.run_id for run in created.values()]
+    rows = [
+        {"key": p.key, "value": p.value, "run_uuid": created[cell.config_hash].info.run_id}
+        for cell in todo
+        for p in _params(cell.params)
+    ]
+    from experiments.server import driver_uri
+
+    engine = sqlalchemy.create_engine(driver_uri(uri))
+    try:
+        with engine.begin() as conn:  # one transaction: every run SCHEDULED with its params, or none
+            conn.execute(
+                sqlalchemy.text("UPDATE runs SET status = 'SCHEDULED' WHERE run_uuid IN :ids").bindparams(
+                    sqlalchemy.bindparam("ids", expanding=True)
+                ),
+                {"ids": run_ids},
+            )
+            if rows:
+                conn.execute(
+                    sqlalchemy.text("INSERT INTO params (key, value, run_uuid) VALUES (:key, :value, :run_uuid)"), rows
+                )
+    finally:
+        engine.dispose()
+    return {
+        **existing,
+        **{
+            h: ChildRun(run.info.run_id, "SCHEDULED", {}, tags(c))
+            for c, (h, run) in zip(todo, created.items(), strict=True)
+        },
+    }
+
+
 def mark_run(uri: str, run_id: str, status: str, reason: str | None = None) -> None:
     """End a run as FINISHED / FAILED / KILLED, with the reason as a tag."""
     client = MlflowClient(uri)
     if reason:
         client.log_batch(run_id, tags=[RunTag("failure_reason", reason[:5000])])
     client.set_terminated(run_id, status)
+
+
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
+def close_parent_if_done(uri: str, child_run_id: str) -> str | None:
+    """End the sweep's parent run once none of its children is SCHEDULED or RUNNING: FINISHED when every child
+    finished, FAILED otherwise. Each child calls this after ending itself, so the last one to end closes it.
+    Returns the parent's new status, or None when children are still going."""
+    client = MlflowClient(uri)
+    child = client.get_run(child_run_id)
+    parent_id = child.data.tags.get("mlflow.parentRunId")
+    if not parent_id:
+        return None
+    statuses = [c.status for c in child_runs(uri, child.info.experiment_id, parent_id).values()]
+    if not statuses or any(status not in TERMINAL for status in statuses):
+        return None
+    status = "FINISHED" if all(status == "FINISHED" for status in statuses) else "FAILED"
+    client.set_terminated(parent_id, status)
+    return status
+
+
+def reopen_parent(uri: str, parent_run_id: str) -> None:
+    """A resubmission puts an ended parent run back to RUNNING (its children are about to run again)."""
+    client = MlflowClient(uri)
+    if client.get_run(parent_run_id).info.status in TERMINAL:
+        client.update_run(parent_run_id, status="RUNNING")

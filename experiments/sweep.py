@@ -18,11 +18,12 @@ from experiments.launch import RunJob, git_state
 from experiments.spec import RunSpec, SweepSpec, expand_grid
 from experiments.store import (
     ChildRun,
+    NewChild,
     check_reachable,
-    child_runs,
-    ensure_child_run,
+    ensure_child_runs,
     ensure_experiment,
     ensure_parent_run,
+    reopen_parent,
     resolve_tracking_uri,
 )
 
@@ -80,24 +81,18 @@ def plan(spec: SweepSpec, tracking_uri: str, dry_run: bool) -> list[Planned]:
     if dry_run:
         return [Planned(r, None) for r in runs]
     experiment_id = ensure_experiment(tracking_uri, spec.experiment)
+    git = git_state(REPO)
     parent = ensure_parent_run(
         tracking_uri,
         experiment_id,
         spec.name,
         params={f"grid.{k}": v for k, v in spec.grid.items()} | {"spec": str(spec.path)},
-        tags=git_state(REPO),
+        tags=git,
     )
-    existing = child_runs(tracking_uri, experiment_id, parent)
-    tags = {"sweep.name": spec.name, **git_state(REPO)}
-    return [
-        Planned(
-            r,
-            ensure_child_run(
-                tracking_uri, experiment_id, parent, r.config_hash, r.name, flatten(to_dict(r.config)), tags, existing
-            ),
-        )
-        for r in runs
-    ]
+    tags = {"sweep.name": spec.name, **git}
+    cells = [NewChild(r.config_hash, r.name, flatten(to_dict(r.config)), tags) for r in runs]
+    children = ensure_child_runs(tracking_uri, experiment_id, parent, cells)
+    return [Planned(r, children[r.config_hash]) for r in runs]
 
 
 def print_table(planned: list[Planned]) -> None:
@@ -128,9 +123,13 @@ def submit(
     if not todo:
         print("every run is FINISHED: nothing to submit")
         return []
+    seen = set()
     for p in todo:  # synthetic datasets are generated once here, not raced by the jobs
-        if p.run.config.data.synthetic is not None:
-            ensure_synthetic(Path(p.run.config.data.root), p.run.config.data.synthetic)
+        data = p.run.config.data
+        if data.synthetic is not None and (data.root, repr(data.synthetic)) not in seen:
+            seen.add((data.root, repr(data.synthetic)))
+            ensure_synthetic(Path(data.root), data.synthetic)
+    reopen_parent(uri, todo[0].child.tags["mlflow.parentRunId"])
     executor = make_executor(kind, spec, spec.runs_root / spec.name / ".submitit")
     threads = spec.local.threads_per_job or max(1, (os.cpu_count() or 1) // spec.local.parallelism)
     jobs_in = [

@@ -167,6 +167,8 @@ def test_sweep_job_array_finishes_every_run_with_every_step_once(
         assert all(0.0 <= m.value <= 1.0 for m in client.get_metric_history(run_id, "val/mIoU"))
         assert load_checkpoint(cell.run_dir / "checkpoint.pt")["iteration"] == 6
     assert len({r.data.tags["slurm.array_task_id"] for r in children.values()}) == 4
+    parent = client.get_run(next(iter(children.values())).data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED"  # closed by the last child to end
 
 
 @pytest.mark.slurm

@@ -36,7 +36,10 @@ def _spec(tmp_path: Path, body: str, name: str = "spec.yaml") -> Path:
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ("grid: {model.backbon: [resnet50]}\n", "unknown key model.backbon (did you mean model.backbone?)"),
+        (
+            "grid: {model.backbon: [resnet50]}\n",
+            "grid.model.backbon is not a config key (did you mean model.backbone?)",
+        ),
         ("grid: {}\n", "grid is empty"),
         ("grid: {train.seed: []}\n", "grid.train.seed must be a non-empty list"),
         ("grid: {train.seed: [0]}\nexecutor: {slurmm: {}}\n", "unknown key 'slurmm' (did you mean slurm?)"),
