@@ -79,9 +79,14 @@ def final_vs_schedule_figure(summary: pd.DataFrame, published: pd.DataFrame, out
             s=60,
             zorder=3,
         )
+    shown = set(published.dropna(subset=["iterations"]).source)
     for source, marker in markers.items():
-        ax.scatter([], [], marker=marker, color="grey", edgecolor="black", label=f"published: {source}")
-    ax.set_xlabel("training iterations")
+        if source in shown:
+            ax.scatter([], [], marker=marker, color="grey", edgecolor="black", label=f"published: {source}")
+    if shown - set(markers):
+        ax.scatter([], [], marker="X", color="grey", edgecolor="black", label="published: other")
+    ax.set_xscale("log")  # a CPU demo's tens of iterations and the published tens of thousands on one axis
+    ax.set_xlabel("training iterations (log scale)")
     ax.set_ylabel("val mIoU (%) single scale")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")

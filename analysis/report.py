@@ -72,7 +72,7 @@ def compare_cells(runs: pd.DataFrame, uri: str, margin: float, n_boot: int = 200
 
 
 def _direction(delta: float) -> str:
-    return f"{abs(delta):.2f} {'above' if delta > 0 else 'below'}" if delta else "level with"
+    return f"{abs(delta):.2f} points {'above' if delta > 0 else 'below'}" if delta else "level with"
 
 
 def verdict_line(c: CellComparison, synthetic: bool) -> str:
@@ -143,10 +143,13 @@ def write_report(experiment: str, tracking_uri: str, out: Path, margin: float = 
     return path
 
 
-def _render(experiment, runs_all, runs, summary, summary_seed, published, cells, synthetic, margin) -> str:
+def verdict_lines(
+    runs_all: pd.DataFrame, runs: pd.DataFrame, cells: list[CellComparison], synthetic: bool
+) -> list[str]:
+    """The verdict as markdown lines: one per schedule length, then what is missing, synthetic or unfinished."""
     expected = {(b, i) for b in (A, B) for i in runs_all.iterations.unique()}
     missing = sorted(expected - set(zip(runs.backbone, runs.iterations, strict=True)))
-    lines = [f"# Does a ResNet-50 backbone match ResNet-101? — experiment `{experiment}`", "", "## Verdict", ""]
+    lines = []
     if not cells:
         lines.append("No schedule length has finished runs of both backbones yet: no comparison can be made.")
     lines += [f"- {verdict_line(c, synthetic)}" for c in cells]
@@ -161,6 +164,12 @@ def _render(experiment, runs_all, runs, summary, summary_seed, published, cells,
             + ", ".join(f"{r.run_name} ({r.status})" for r in unfinished.itertuples())
             + "."
         )
+    return lines
+
+
+def _render(experiment, runs_all, runs, summary, summary_seed, published, cells, synthetic, margin) -> str:
+    lines = [f"# Does a ResNet-50 backbone match ResNet-101? — experiment `{experiment}`", "", "## Verdict", ""]
+    lines += verdict_lines(runs_all, runs, cells, synthetic)
     lines += [
         "",
         f"Equivalence: Welch TOST on the per-seed final mIoU with margin ±{margin:g} points (α = 0.05; "
@@ -183,7 +192,7 @@ def _render(experiment, runs_all, runs, summary, summary_seed, published, cells,
     lines += [
         "## Published numbers (DeepLabV3+, single scale)",
         "",
-        _table(published[["source", "backbone", "output_stride", "crop", "iterations", "miou", "url"]]),
+        _table(published[["source", "backbone", "output_stride", "crop", "iterations", "miou", "note", "url"]]),
         "",
         "## Figures",
         "",
@@ -195,13 +204,7 @@ def _render(experiment, runs_all, runs, summary, summary_seed, published, cells,
         ("cost", "mIoU vs compute; parameters and FLOPs"),
     ]:
         lines += [f"![{caption}](figures/{name}.png)", ""]
-    lines += [
-        "## Runs",
-        "",
-        _table(
-            runs[["run_name", "backbone", "iterations", "seed", "status", "miou", "miou_seed_metric", "config_hash"]],
-            ".4f",
-        ),
-        "",
-    ]
+    table = runs[["run_name", "backbone", "iterations", "seed", "status", "miou", "miou_seed_metric", "config_hash"]]
+    table = table.assign(miou=100 * table.miou, miou_seed_metric=100 * table.miou_seed_metric)  # points
+    lines += ["## Runs (mIoU in points)", "", _table(table), ""]
     return "\n".join(lines)

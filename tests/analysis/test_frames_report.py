@@ -1,0 +1,129 @@
+"""The analysis against a real sweep store: frames, per-image bootstrap, and the `report` command end to end."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.frames import curves_frame, per_class_frame, per_image_confusions, runs_frame
+from analysis.published import published_deeplabv3plus
+from analysis.stats import bootstrap_miou_delta
+from deeplab.labels import CLASS_NAMES
+from deeplab.metrics import iou_from_confusion
+from deeplab.tracking import VAL_MIOU
+
+if TYPE_CHECKING:
+    from conftest import SweepStore
+
+
+@pytest.fixture(scope="module")
+def runs(sweep_store: SweepStore) -> pd.DataFrame:
+    return runs_frame(sweep_store.tracking_uri, sweep_store.experiment)
+
+
+def test_runs_frame_has_one_finished_row_per_grid_cell(runs: pd.DataFrame, sweep_store: SweepStore) -> None:
+    grid = sweep_store.grid
+    cells = set(zip(runs.backbone, runs.iterations, runs.seed, strict=True))
+    assert len(runs) == len(cells) == 8
+    assert cells == set(itertools.product(grid["model.backbone"], grid["train.iterations"], grid["train.seed"]))
+    assert set(runs.config_hash) == {d.name for d in sweep_store.run_dirs}  # run dirs are named by config hash
+    assert (runs.status == "FINISHED").all() and runs.synthetic.all()
+    assert runs.miou.between(0, 1).all() and runs.miou_seed_metric.between(0, 1).all()
+    params = runs.groupby("backbone").params.first()
+    assert params["resnet101"] > params["resnet50"] > 1e7
+    assert (runs.gflops > 0).all()
+
+
+def test_wall_time_counts_training_not_queueing(runs: pd.DataFrame, sweep_store: SweepStore) -> None:
+    seconds = 3600 * runs.wall_hours
+    assert (seconds > 0).all()
+    # 8 runs two at a time: no run takes most of the sweep (MLflow's start_time would: runs are created up front)
+    assert seconds.max() < 0.8 * sweep_store.seconds
+    assert (runs.device == "cpu").all() and runs.gpu_hours.isna().all()  # no GPU-hours claimed for CPU runs
+    assert np.allclose(runs.device_hours, runs.wall_hours * runs.devices)
+
+
+def test_curves_have_a_point_at_every_validation(runs: pd.DataFrame, sweep_store: SweepStore) -> None:
+    curves = curves_frame(sweep_store.tracking_uri, list(runs.run_id))
+    miou = curves[curves.metric == VAL_MIOU]
+    every = sweep_store.eval_every
+    for run in runs.itertuples():
+        points = miou[miou.run_id == run.run_id]
+        expected = sorted(set(range(every, run.iterations + 1, every)) | {run.iterations})
+        assert list(points.step) == expected, run.run_name
+        assert points.value.iloc[-1] == pytest.approx(run.miou)  # the run record's value is the last point
+
+
+def test_per_class_iou_averages_to_the_run_miou(runs: pd.DataFrame, sweep_store: SweepStore) -> None:
+    per_class = per_class_frame(sweep_store.tracking_uri, list(runs.run_id))
+    assert set(per_class["class"]) <= set(CLASS_NAMES)
+    assert per_class.iou.between(0, 1).all()
+    means = per_class.groupby("run_id").iou.mean()  # classes with undefined IoU are not logged
+    assert means.loc[runs.run_id].to_numpy() == pytest.approx(runs.miou.to_numpy())
+
+
+def test_per_image_confusions_feed_the_paired_bootstrap(runs: pd.DataFrame, sweep_store: SweepStore) -> None:
+    longest = runs[runs.iterations == runs.iterations.max()]
+    pooled = {}
+    for backbone, group in longest.groupby("backbone"):
+        loaded = [per_image_confusions(sweep_store.tracking_uri, rid) for rid in group.run_id]
+        names = {tuple(n) for n, _ in loaded}
+        assert len(names) == 1  # every run is scored on the same validation images, in the same order
+        for (_, mats), miou in zip(loaded, group.miou, strict=True):
+            assert mats.shape[1:] == (20, 20) and mats.shape[0] == len(next(iter(names)))
+            assert np.nanmean(iou_from_confusion(mats.sum(0))) == pytest.approx(miou)
+        pooled[backbone] = sum(mats for _, mats in loaded)
+    result = bootstrap_miou_delta(pooled["resnet50"], pooled["resnet101"], n_boot=200)
+    assert result.n_images == pooled["resnet50"].shape[0] and result.n_boot == 200
+    assert result.ci_low <= result.delta <= result.ci_high
+
+
+@pytest.fixture(scope="module")
+def report(sweep_store: SweepStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sweep_store.tracking_uri}  # how the CLI finds the store
+    argv = [sys.executable, "-m", "analysis", "report", "--experiment", sweep_store.experiment, "--out", str(out)]
+    done = subprocess.run([*argv, "--bootstrap", "200"], cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"report written to {out / 'report.md'}" in done.stdout
+    return out
+
+
+def test_report_writes_markdown_and_figures(report: Path) -> None:
+    text = (report / "report.md").read_text()
+    for name in ("curves", "final_vs_schedule", "per_class_delta", "cost"):
+        for suffix in (".png", ".svg"):
+            assert (report / "figures" / f"{name}{suffix}").stat().st_size > 1000, name + suffix
+        assert f"(figures/{name}.png)" in text
+    runs_section = text.split("## Runs")[1]
+    assert runs_section.count("| FINISHED |") == 8
+
+
+def test_report_verdict_says_synthetic_and_too_few_seeds(report: Path, sweep_store: SweepStore) -> None:
+    verdict = (report / "report.md").read_text().split("## Verdict")[1].split("\n## ")[0]
+    lines = [line for line in verdict.splitlines() if line.startswith("- at ")]
+    assert len(lines) == len(sweep_store.grid["train.iterations"])  # one sentence per schedule length
+    for line in lines:
+        assert "fewer than 3 seeds per backbone, so no equivalence claim is made" in line
+        assert "synthetic data" in line
+        assert "equivalent within" not in line  # neither a claim of equivalence nor of a difference
+    assert "**These runs use synthetic data**" in verdict
+
+
+def test_report_lists_the_published_numbers(report: Path) -> None:
+    section = (report / "report.md").read_text().split("## Published numbers")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    published = published_deeplabv3plus()
+    assert len(rows) == len(published) > 0
+    for row, expected in zip(rows, published.itertuples(), strict=True):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] == expected.source and cells[1] == expected.backbone
+        assert float(cells[5]) == pytest.approx(expected.miou, abs=0.005)
