@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from deeplab.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from deeplab.config import Config, config_hash, flatten, save_config, to_dict
-from deeplab.data.loader import build_train_loader, build_val_dataset
+from deeplab.data.loader import build_train_loader, build_val_dataset, check_data
 from deeplab.distributed import DistInfo, any_rank, init_distributed, mean_over_ranks
 from deeplab.errors import DeeplabError
 from deeplab.evaluate import autocast
@@ -166,7 +166,8 @@ def train(
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    val_dataset = build_val_dataset(cfg)  # data errors surface before anything is written
+    check_data(cfg)  # data errors surface before anything is written
+    val_dataset = build_val_dataset(cfg)
     parts = _build(cfg, info)
     ckpt_path = run_dir / CHECKPOINT_NAME
     if info.is_main:  # temp files of writes cut short by a kill -9 are never loaded: clear them

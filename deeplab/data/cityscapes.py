@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_png, read_file
 
 from deeplab.errors import DeeplabError
@@ -83,6 +84,22 @@ class CityscapesSegmentation(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def check_files(self, label_ids: bool = False) -> None:
+        """Read every PNG header: unreadable files, multi-channel labels and size mismatches fail here, before
+        training, instead of hours in. With ``label_ids`` every label is decoded and its ids checked too (the
+        validation split: its labels are otherwise first read after the first ``eval_every`` iterations; a
+        training label is read within the first epoch)."""
+        for image, label in zip(self.images, self.labels, strict=True):
+            image_size = _png_header(image)[0]
+            label_size, bands = _png_header(label)
+            if bands != 1:
+                raise DeeplabError(f"{label}: label PNG must be single-channel label ids, got {bands} channels")
+            if label_ids:
+                read_label_ids(label)
+            if label_size != image_size:
+                w, h = label_size
+                raise DeeplabError(f"{label}: label is {(h, w)} but its image is {image_size[::-1]}")
+
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Image and train-id mask of one item, checked to agree in size."""
         image = read_png(self.images[index], ImageReadMode.RGB)
@@ -98,3 +115,14 @@ class CityscapesSegmentation(torch.utils.data.Dataset):
         if self.transform is not None:
             image, mask = self.transform(image, mask, None)
         return image, mask, self.names[index]
+
+
+def _png_header(path: Path) -> tuple[tuple[int, int], int]:
+    """(width, height) and channel count of a PNG, from its header."""
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG":
+                raise DeeplabError(f"{path}: not a readable PNG (format {im.format})")
+            return im.size, len(im.getbands())
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DeeplabError(f"{path}: not a readable PNG ({str(err).splitlines()[0][:80]})") from None

@@ -83,6 +83,15 @@ def build_train_loader(cfg: Config, rank: int, world_size: int, start_iteration:
     return iter(loader)
 
 
+def check_data(cfg: Config) -> None:
+    """Both splits exist in the official layout (official sizes under data.strict) with sound PNG headers;
+    the validation labels hold only Cityscapes ids."""
+    _ensure_data(cfg)
+    for split in (cfg.data.train_split, cfg.data.val_split):
+        dataset = CityscapesSegmentation(cfg.data.root, split, strict=cfg.data.strict)
+        dataset.check_files(label_ids=split == cfg.data.val_split)
+
+
 def build_val_dataset(cfg: Config) -> CityscapesSegmentation:
     """The validation split (raw uint8 items; the evaluator normalizes)."""
     _ensure_data(cfg)
