@@ -92,13 +92,21 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
+    from experiments.errors import ExperimentsError
     from experiments.server import start_server, stop_server
-    from experiments.store import resolve_tracking_uri
+    from experiments.store import _redact, resolve_tracking_uri
 
     backend = resolve_tracking_uri(args.backend_store_uri)
+    if backend.startswith(("http://", "https://")):  # e.g. MLFLOW_TRACKING_URI pointing at a server: not a store
+        source = "--backend-store-uri" if args.backend_store_uri else "MLFLOW_TRACKING_URI (no --backend-store-uri)"
+        raise ExperimentsError(
+            f"{source} {_redact(backend)}: a tracking server, not a backend store; "
+            "give --backend-store-uri sqlite:///ABS/PATH.db or postgresql://…"
+        )
+    ready = f"MLflow server on http://{args.host}:{args.port} (backend {_redact(backend)}); Ctrl-C stops it"
     proc = start_server(backend, Path(args.artifact_root).resolve(), args.host, args.port)
-    print(f"MLflow server on http://{args.host}:{args.port} (backend {backend}); Ctrl-C stops it", flush=True)
-    try:
+    try:  # printed inside: a Ctrl-C right after it must still stop the server (it runs in its own session)
+        print(ready, flush=True)
         proc.wait()
     except KeyboardInterrupt:
         pass

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
-from experiments.spec import load_spec
-from experiments.store import default_tracking_uri
-from experiments.sweep import submit
+from submitit.core.utils import JobPaths
+
+from experiments.spec import RunSpec, SweepSpec, expand_grid, load_spec
+from experiments.store import default_tracking_uri, ensure_experiment
+from experiments.sweep import JOB_ID_FILE, submit
 
 DEMO_SPEC = Path(__file__).resolve().parent / "sweeps" / "demo_synthetic.yaml"
+PROGRESS_EVERY_S = 30.0
 
 
 def _cluster_up() -> bool:
@@ -21,8 +27,38 @@ def _cluster_up() -> bool:
     return out.returncode == 0 and any(s in ("idle", "mixed") for s in out.stdout.split())
 
 
+def _job_progress(run: RunSpec, folder: Path) -> str:
+    """Where one run is, from its job's log: "N/M" iterations, "done", "queued" or "starting"."""
+    job_file = run.run_dir / JOB_ID_FILE
+    if not job_file.exists():
+        return "queued"
+    log = JobPaths(folder, job_id=job_file.read_text().split()[-1], task_id=0).stdout
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 4096))
+            tail = fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return "queued"
+    if "finished: val mIoU" in tail:
+        return "done"
+    steps = re.findall(r"^iter (\d+/\d+)", tail, re.MULTILINE)
+    return steps[-1] if steps else "starting"
+
+
+def _progress(spec: SweepSpec, start: float, stop: threading.Event) -> None:
+    """Every PROGRESS_EVERY_S, one line: runs done, and the iteration of each running one (from the job logs;
+    MLflow only sees the points at each checkpoint's flush)."""
+    runs, folder = expand_grid(spec), spec.runs_root / spec.name / ".submitit"
+    while not stop.wait(PROGRESS_EVERY_S):
+        states = {run.name: _job_progress(run, folder) for run in runs}
+        done = sum(state == "done" for state in states.values())
+        active = [f"{name} {state}" for name, state in states.items() if state not in ("done", "queued")]
+        elapsed = time.strftime("%M:%S", time.gmtime(time.perf_counter() - start))
+        print(f"  [{elapsed}] {done}/{len(runs)} done; " + (", ".join(active) or "waiting"), flush=True)
+
+
 def run_demo(workdir: Path, executor: str = "auto") -> int:
-    """Run the demo sweep into ``workdir`` (data, runs, mlflow.db, report) and say where everything is."""
+    """Run the demo sweep into ``workdir`` (data, runs, mlflow.db, artifacts, report) and say where everything is."""
     start = time.perf_counter()
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -30,15 +66,27 @@ def run_demo(workdir: Path, executor: str = "auto") -> int:
     spec.overrides = {**spec.overrides, "data.root": str(workdir / "data" / "synthetic")}
     spec.runs_root = workdir / "runs"
     uri = default_tracking_uri(workdir)
+    # artifacts beside the database, not in ./mlruns of whatever directory the demo was started from
+    ensure_experiment(uri, spec.experiment, artifact_location=(workdir / "artifacts").as_uri())
     if executor == "auto":
         executor = "slurm" if _cluster_up() else "local"
-    print(f"demo: {len(spec.grid['train.seed']) * 4} runs on the {executor} executor; tracking {uri}", flush=True)
-    submit(spec, executor, wait=True, tracking_uri=uri)
+    if executor == "slurm":  # sbatch passes this on: one torch thread per allocated CPU, not one per core
+        os.environ.setdefault("OMP_NUM_THREADS", str(spec.slurm.cpus_per_task))
+    print(f"demo: {len(expand_grid(spec))} runs on the {executor} executor; tracking {uri}", flush=True)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_progress, args=(spec, start, stop), daemon=True)
+    watcher.start()
+    try:
+        submit(spec, executor, wait=True, tracking_uri=uri)
+    finally:
+        stop.set()
     from analysis.report import write_report
 
+    print("writing the report…", flush=True)
     report = write_report(spec.experiment, uri, workdir / "report")
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
-    print(f"report:    {report}")
+    print(f"report:    {report}  (figures in {report.parent / 'figures'})")
+    print(f"notebook:  notebooks/res50_vs_res101.ipynb with DEEPLAB_TRACKING_URI={uri}")
     print(
         f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
         "  → http://127.0.0.1:5000"

@@ -104,7 +104,17 @@ def start_server(
     finally:
         if log:
             out.close()
-    url = f"http://127.0.0.1:{port}/health"
+    try:
+        _wait_healthy(proc, host, port, log, timeout_s)
+    except BaseException:  # not answering, or Ctrl-C while starting: the server is in its own session, stop it
+        stop_server(proc)
+        raise
+    return proc
+
+
+def _wait_healthy(proc: subprocess.Popen, host: str, port: int, log: Path | None, timeout_s: float) -> None:
+    probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # the address it listens on
+    url = f"http://{'[' + probe + ']' if ':' in probe else probe}:{port}/health"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -113,9 +123,8 @@ def start_server(
             )
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
             if response.status == 200:
-                return proc
+                return
         time.sleep(0.5)
-    stop_server(proc)
     raise ExperimentsError(f"mlflow server on port {port} did not answer /health within {timeout_s:.0f} s")
 
 

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from deeplab.tracking import TRAIN_LR, VAL_MIOU
 from experiments.spec import SweepSpec, expand_grid
-from experiments.store import child_runs, mark_run, resolve_tracking_uri
+from experiments.store import check_reachable, child_runs, mark_run, resolve_tracking_uri
 from experiments.sweep import JOB_ID_FILE
 
 
@@ -37,6 +37,7 @@ def _slurm_states(job_ids: list[str]) -> dict[str, str]:
 def status_rows(spec: SweepSpec, tracking_uri: str | None = None) -> list[dict[str, object]]:
     """One row per grid cell: MLflow status, scheduler state, iteration reached, latest val mIoU."""
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
+    check_reachable(uri)  # an unreachable server fails in seconds, not after MLflow's retries
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(spec.experiment)
     children = {}

@@ -29,7 +29,7 @@ def resolve_tracking_uri(uri: str | None, project_dir: Path | None = None) -> st
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(project_dir or Path.cwd())
     if not uri.startswith(("sqlite:///", "http://", "https://", "postgresql://", "postgresql+psycopg2://")):
         raise ExperimentsError(
-            f"tracking URI {uri!r}: use sqlite:///ABS/PATH.db, http(s)://HOST:PORT or postgresql://… "
+            f"tracking URI {_redact(uri)!r}: use sqlite:///ABS/PATH.db, http(s)://HOST:PORT or postgresql://… "
             "(MLflow's file store is deprecated)"
         )
     if uri.startswith("postgresql://"):  # a bare scheme means psycopg 3 to SQLAlchemy ≥ 2.1; psycopg2 is installed
@@ -64,7 +64,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             )
         except (TimeoutError, urllib.error.URLError, OSError) as err:
             reason = str(getattr(err, "reason", err))
-        raise ExperimentsError(f"tracking URI {uri} does not answer: {reason}")
+        raise ExperimentsError(f"tracking URI {_redact(uri)} does not answer: {reason}")
     import sqlalchemy
 
     try:
