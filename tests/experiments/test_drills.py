@@ -1,4 +1,5 @@
-"""Reliability drills on real sweeps: a diverging run among healthy ones, and a 64-run grid through SLURM."""
+"""Reliability drills: a diverging run among healthy ones, a tracking server stopped mid-training, and a 64-run
+grid through SLURM."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from typing import Any
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from tiny import REPO
+from tiny import REPO, tiny_config
 
+from deeplab.engine import train
 from experiments.errors import ExperimentsError
+from experiments.mlflow_tracker import SPOOL_NAME, MlflowTracker
+from experiments.server import free_port, start_server, stop_server
 from experiments.spec import load_spec
 from experiments.status import status_rows
-from experiments.store import child_runs
+from experiments.store import NewChild, child_runs, ensure_child_runs, ensure_experiment, ensure_parent_run
 from experiments.sweep import submit
 
 TINY_RUN = {
@@ -134,3 +138,49 @@ def test_sixty_four_runs_through_slurm_lose_nothing(slurm_cluster: Any, tiny_dat
     states = {slurm_cluster.wait(job.job_id, timeout=60) for job in jobs}
     print(f"64-run load: {n} finished, {lost} metric points lost, {polls} status polls, {regressions} regressions")
     assert states == {"COMPLETED"} and regressions == 0 and lost == 0
+
+
+@pytest.mark.slow
+def test_tracking_server_stopped_mid_training_then_restarted(tiny_data: Path, tmp_path: Path) -> None:
+    """A real training run against `mlflow server`: the server is stopped at iteration 8 and started again (same
+    port, same store) at iteration 20. Training never stops; the points of the outage go to the run's spool and
+    are replayed; the history ends with every step exactly once."""
+    backend, artifacts = f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "artifacts"
+    eid = ensure_experiment(backend, "outage")
+    parent = ensure_parent_run(backend, eid, "outage", {}, {})
+    run_id = ensure_child_runs(backend, eid, parent, [NewChild("h0", "r50-outage", {}, {})])["h0"].run_id
+    port = free_port()
+    server = start_server(backend, artifacts, port=port)
+    uri, run_dir = f"http://127.0.0.1:{port}", tmp_path / "run"
+    seen: dict[str, int] = {}
+
+    def on_iteration(iteration: int) -> None:
+        nonlocal server
+        if iteration == 8:
+            stop_server(server)
+            seen["down_at"] = iteration
+        elif iteration == 20:
+            spool = run_dir / SPOOL_NAME
+            seen["spooled"] = len(spool.read_text().splitlines()) if spool.exists() else 0
+            server = start_server(backend, artifacts, port=port)
+            seen["up_at"] = iteration
+
+    try:
+        tracker = MlflowTracker(uri, run_id, spool_dir=run_dir, retry_interval_s=5.0)
+        tracker.start()
+        cfg = tiny_config(tiny_data, **{"train.iterations": 30, "train.eval_every": 10, "train.checkpoint_every": 5})
+        result = train(cfg, run_dir, tracker, progress="lines", on_iteration=on_iteration)
+        tracker.close("FINISHED")
+    finally:
+        stop_server(server)
+    client = MlflowClient(backend)
+    lost = 30 - len(set(_steps(client, run_id, "train/loss")))
+    print(
+        f"tracking outage drill: server down iterations {seen['down_at']}..{seen['up_at']}, "
+        f"{seen['spooled']} points spooled, training {result.status}, {lost} points lost"
+    )
+    assert result.status == "finished" and seen["spooled"] > 0
+    assert _steps(client, run_id, "train/loss") == list(range(1, 31))
+    assert _steps(client, run_id, "val/mIoU") == [10, 20, 30]
+    assert not (run_dir / SPOOL_NAME).exists()
+    assert client.get_run(run_id).info.status == "FINISHED"
