@@ -21,7 +21,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     path = write_report(
         args.experiment, _uri(args.tracking_uri), Path(args.out), margin=args.margin, n_boot=args.bootstrap
     )
-    print(f"report written to {path}")
+    print(f"report written to {path} (self-contained page: {path.with_suffix('.html')})")
     return 0
 
 
@@ -36,7 +36,7 @@ def _cmd_import_log(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("report", help="write report.md with figures, tables and a verdict")
+    p = sub.add_parser("report", help="write report.md/report.html with figures, tables and a verdict")
     p.add_argument("--experiment", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--margin", type=float, default=0.5, help="equivalence margin in mIoU points")

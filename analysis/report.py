@@ -13,6 +13,7 @@ import pandas as pd
 from analysis import figures
 from analysis.errors import AnalysisError
 from analysis.frames import curves_frame, per_class_frame, per_image_confusions, runs_frame
+from analysis.html import markdown_to_html
 from analysis.published import published_deeplabv3plus
 from analysis.stats import BootstrapResult, TostResult, bootstrap_miou_delta, seed_summary, tost_equivalence
 from deeplab.tracking import VAL_MIOU, VAL_MIOU_SEED
@@ -116,7 +117,7 @@ def _table(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
 
 
 def write_report(experiment: str, tracking_uri: str, out: Path, margin: float = 0.5, n_boot: int = 2000) -> Path:
-    """Write ``out/report.md`` (+ figures) for an experiment; returns the report's path."""
+    """Write ``out/report.md``, ``out/report.html`` (self-contained) and the figures; returns report.md's path."""
     out = Path(out)
     runs_all = runs_frame(tracking_uri, experiment)
     runs = runs_all[runs_all.status == "FINISHED"].dropna(subset=["miou"])
@@ -136,11 +137,12 @@ def write_report(experiment: str, tracking_uri: str, out: Path, margin: float = 
     figures.cost_figure(runs, fig_dir)
     text = _render(experiment, runs_all, runs, summary, summary_seed, published, cells, synthetic, margin)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "report.md"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    page = markdown_to_html(text, out)
+    for name, content in (("report.html", page), ("report.md", text)):  # report.md last: it marks completion
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(content)
+        os.replace(tmp, out / name)
+    return out / "report.md"
 
 
 def verdict_lines(

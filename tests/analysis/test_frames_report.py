@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import itertools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +17,7 @@ import pandas as pd
 import pytest
 
 from analysis.frames import curves_frame, per_class_frame, per_image_confusions, runs_frame
+from analysis.html import markdown_to_html
 from analysis.published import published_deeplabv3plus
 from analysis.stats import bootstrap_miou_delta
 from deeplab.labels import CLASS_NAMES
@@ -105,6 +109,31 @@ def test_report_writes_markdown_and_figures(report: Path) -> None:
         assert f"(figures/{name}.png)" in text
     runs_section = text.split("## Runs")[1]
     assert runs_section.count("| FINISHED |") == 8
+
+
+def test_report_html_is_self_contained_and_says_the_same(report: Path) -> None:
+    """report.html: same verdict lines and run rows as report.md, every figure inlined byte for byte."""
+    page = (report / "report.html").read_text()
+    text = (report / "report.md").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    for line in text.split("## Verdict")[1].split("\n## ")[0].splitlines():
+        if line.startswith("- at "):
+            assert html.escape(line[2:].split("`")[0], quote=False) in page
+    assert page.count("<td>FINISHED</td>") == text.split("## Runs")[1].count("| FINISHED |") == 8
+    inlined = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    assert len(inlined) == 4
+    for name, data in zip(("curves", "final_vs_schedule", "per_class_delta", "cost"), inlined, strict=True):
+        assert base64.b64decode(data) == (report / "figures" / f"{name}.png").read_bytes()
+    assert "figures/" not in page  # nothing left to resolve beside the file
+
+
+def test_markdown_to_html_escapes_and_never_stalls(tmp_path: Path) -> None:
+    text = "# T <x>\n\n![not an image line\nplain & **bold** `c<d>`\n\n| a | b |\n|---|---|\n| <i> | 1.5 |\n"
+    page = markdown_to_html(text, tmp_path)
+    assert "<title>T &lt;x&gt;</title>" in page
+    assert "<p>![not an image line plain &amp; <strong>bold</strong> <code>c&lt;d&gt;</code></p>" in page
+    assert '<td>&lt;i&gt;</td><td class="num">1.5</td>' in page
+    assert "<i>" not in page
 
 
 def test_report_verdict_says_synthetic_and_too_few_seeds(report: Path, sweep_store: SweepStore) -> None:
