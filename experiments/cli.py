@@ -94,7 +94,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 def _cmd_server(args: argparse.Namespace) -> int:
     from experiments.errors import ExperimentsError
     from experiments.server import start_server, stop_server
-    from experiments.store import _redact, resolve_tracking_uri
+    from experiments.store import _redact, check_reachable, resolve_tracking_uri
 
     backend = resolve_tracking_uri(args.backend_store_uri)
     if backend.startswith(("http://", "https://")):  # e.g. MLFLOW_TRACKING_URI pointing at a server: not a store
@@ -103,6 +103,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
             f"{source} {_redact(backend)}: a tracking server, not a backend store; "
             "give --backend-store-uri sqlite:///ABS/PATH.db or postgresql://…"
         )
+    check_reachable(backend)  # a database that does not answer fails here in seconds, not after the /health wait
     ready = f"MLflow server on http://{args.host}:{args.port} (backend {_redact(backend)}); Ctrl-C stops it"
     proc = start_server(backend, Path(args.artifact_root).resolve(), args.host, args.port)
     try:  # printed inside: a Ctrl-C right after it must still stop the server (it runs in its own session)

@@ -65,14 +65,24 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         except (TimeoutError, urllib.error.URLError, OSError) as err:
             reason = str(getattr(err, "reason", err))
         raise ExperimentsError(f"tracking URI {_redact(uri)} does not answer: {reason}")
-    import sqlalchemy
 
     try:
         engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": int(timeout_s)})
         with engine.connect():
             pass
     except Exception as err:  # any driver error means: not reachable
-        raise ExperimentsError(f"tracking URI {_redact(uri)} does not answer: {err.__class__.__name__}") from None
+        raise ExperimentsError(f"tracking URI {_redact(uri)} does not answer: {_driver_reason(err, uri)}") from None
+
+
+def _driver_reason(err: Exception, uri: str) -> str:
+    """The driver's first message line (e.g. "connection refused"), any password of ``uri`` blanked out."""
+    detail = str(getattr(err, "orig", None) or err).strip().splitlines()
+    reason = f"{err.__class__.__name__}: {detail[0].strip()[:200]}" if detail else err.__class__.__name__
+    try:
+        password = sqlalchemy.engine.make_url(uri).password
+    except Exception:  # an unparsable URI has no password to hide
+        password = None
+    return reason.replace(str(password), "***") if password else reason
 
 
 def _redact(uri: str) -> str:

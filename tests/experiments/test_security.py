@@ -232,6 +232,25 @@ def test_server_refuses_an_http_backend_in_one_line(tmp_path: Path, source: str)
     assert not (tmp_path / "art").exists(), "a server was started"
 
 
+def test_server_checks_its_database_backend_first_in_one_line(tmp_path: Path) -> None:
+    """A PostgreSQL backend that does not answer (nothing listens on the port) fails before mlflow server starts,
+    naming the URI without its password; a sqlite backend in a missing directory likewise."""
+    token = f"pw-{secrets.token_hex(16)}"
+    argv = ["server", f"--artifact-root={tmp_path / 'art'}", f"--port={free_port()}"]
+    uri = f"postgresql://lab:{token}@127.0.0.1:{free_port()}/mlflow"
+    out = _cli("experiments", *argv, f"--backend-store-uri={uri}", cwd=tmp_path)
+    line = _error_line(out)
+    assert line.startswith("error: tracking URI postgresql") and "lab:***@127.0.0.1:" in line, line
+    assert "does not answer: OperationalError: connection to server" in line, line
+    assert token not in out.stdout + out.stderr
+    out = _cli(
+        "experiments", *argv, f"--backend-store-uri=sqlite:///{tmp_path / 'missing' / 'mlflow.db'}", cwd=tmp_path
+    )
+    line = _error_line(out)
+    assert line.startswith("error: tracking URI sqlite:///") and "does not exist or is not writable" in line, line
+    assert not (tmp_path / "art").exists(), "a server was started"
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_server_prints_its_postgresql_backend_without_the_password(tmp_path: Path) -> None:
