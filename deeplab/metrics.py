@@ -12,6 +12,8 @@ ground truth and never predicted); mIoU is the mean over classes with a defined 
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,17 +22,65 @@ import torch.distributed as dist
 
 from deeplab.labels import CATEGORY_NAMES, CLASS_CATEGORIES, NUM_CLASSES
 
+_LANES = 8  # sub-histograms of the CPU count, see count_pairs
+_SPLIT_MIN = 1 << 20  # pixels from which the CPU count is split across torch's intra-op threads
+_SMALL = (torch.uint8, torch.int8, torch.int16)
+_lane_patterns: dict[int, torch.Tensor] = {}
+_pool: tuple[ThreadPoolExecutor, int] | None = None  # (pool, its number of workers)
+
+
+def _reset_pool() -> None:  # a forked child (DataLoader worker) inherits the pool object, none of its threads
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_reset_pool)
+
+
+def _lane_count(gt: torch.Tensor, pred: torch.Tensor, pattern: torch.Tensor, k: int) -> torch.Tensor:
+    codes = torch.add(pattern[: gt.numel()], gt, alpha=k)  # int16: uint8/int8 inputs promote, nothing widens
+    codes += pred
+    return torch.bincount(codes, minlength=_LANES * k * k).view(_LANES, k * k).sum(0)
+
+
+def count_pairs(gt: torch.Tensor, pred: torch.Tensor, k: int) -> torch.Tensor:
+    """``k×k`` int64 counts of the ``(gt, pred)`` value pairs (rows ``gt``); both hold values in ``0..k-1``.
+
+    On CPU the pair codes are int16 (a quarter of int64's bytes to read), pixel ``i`` counts into sub-histogram
+    ``i % 8`` (label maps are long runs of one value: with one histogram each increment would wait for the previous
+    one to the same counter), and a large input is split into one part per torch intra-op thread, counted in
+    parallel (bincount itself is serial). bench/bench_metric.py measures it against the official evaluation.
+    """
+    global _pool
+    gt, pred = gt.reshape(-1), pred.reshape(-1)
+    if gt.device.type != "cpu" or _LANES * k * k > torch.iinfo(torch.int16).max:
+        codes = gt.long() * k + pred.long()
+        return torch.bincount(codes, minlength=k * k).reshape(k, k)
+    gt = gt if gt.dtype in _SMALL else gt.to(torch.int16)
+    pred = pred if pred.dtype in _SMALL else pred.to(torch.int16)
+    pattern = _lane_patterns.get(k)
+    if pattern is None or pattern.numel() < gt.numel():  # one pattern per k, grown to the largest input seen
+        pattern = (torch.arange(_LANES, dtype=torch.int16) * (k * k)).repeat(-(-gt.numel() // _LANES))
+        _lane_patterns[k] = pattern
+    parts = min(torch.get_num_threads(), gt.numel() // _SPLIT_MIN)
+    if parts < 2:
+        return _lane_count(gt, pred, pattern, k).view(k, k)
+    if _pool is None or _pool[1] < parts - 1:
+        _pool = (ThreadPoolExecutor(parts - 1, thread_name_prefix="count_pairs"), parts - 1)
+    step = -(-gt.numel() // parts)
+    bounds = [(i, min(i + step, gt.numel())) for i in range(0, gt.numel(), step)]
+    futures = [_pool[0].submit(_lane_count, gt[a:b], pred[a:b], pattern, k) for a, b in bounds[1:]]
+    total = _lane_count(gt[: bounds[0][1]], pred[: bounds[0][1]], pattern, k)
+    for future in futures:
+        total += future.result()
+    return total.view(k, k)
+
 
 def confusion(pred: torch.Tensor, gt: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
     """``(n+1)×(n+1)`` int64 matrix of one prediction/GT pair of train ids (values ``>= n`` mean void)."""
     n = num_classes
-    # int16 codes on CPU: bincount's cost is reading its input, a quarter of int64's bytes (3.7x faster at 2048x1024)
-    small = pred.device.type == "cpu" and (n + 1) ** 2 <= torch.iinfo(torch.int16).max
-    dtype = torch.int16 if small else torch.long
-    gt = gt.reshape(-1).clamp(max=n).to(dtype)
-    codes = pred.reshape(-1).clamp(max=n).to(dtype)
-    codes += gt * (n + 1)
-    return torch.bincount(codes, minlength=(n + 1) ** 2).reshape(n + 1, n + 1)
+    gt, pred = (t.clamp(max=n) for t in (gt, pred))  # before any narrowing: a large id must not wrap around
+    return count_pairs(gt, pred, n + 1)
 
 
 def iou_from_confusion(mat: np.ndarray, seed_metric: bool = False) -> np.ndarray:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from deeplab.errors import DeeplabError
 from deeplab.labels import CATEGORY_NAMES, CLASS_NAMES, NUM_CLASSES, VALID_LABEL_IDS, id_to_train_id_lut
-from deeplab.metrics import category_iou, iou_from_confusion, mean_iou
+from deeplab.metrics import category_iou, count_pairs, iou_from_confusion, mean_iou
 
 _MAX_ID = max(VALID_LABEL_IDS)
 
@@ -95,17 +95,15 @@ def _read_ids(path: Path, what: str) -> np.ndarray:
         raise DeeplabError(f"score: cannot read {what} {path} ({err.__class__.__name__})") from None
     if array.ndim != 2:
         raise DeeplabError(f"score: {what} {path} has several channels; expected single-channel label ids")
-    if array.size and (array.min() < 0 or array.max() > _MAX_ID):
+    if array.size and ((array.dtype.kind == "i" and array.min() < 0) or array.max() > _MAX_ID):
         raise DeeplabError(f"score: {what} {path} holds label id {int(array.max())}; Cityscapes ids are 0..{_MAX_ID}")
     return array
 
 
 def label_id_confusion(pred_ids: np.ndarray, gt_ids: np.ndarray) -> np.ndarray:
-    """``(K×K)`` label-id confusion counts (rows GT), K = 34."""
-    k = _MAX_ID + 1  # ids are checked to be <= _MAX_ID, so k*k codes fit int16: a quarter of int64's bytes to count
-    codes = torch.from_numpy(np.ascontiguousarray(gt_ids)).reshape(-1).to(torch.int16) * k
-    codes += torch.from_numpy(np.ascontiguousarray(pred_ids)).reshape(-1).to(torch.int16)
-    return torch.bincount(codes, minlength=k * k).reshape(k, k).numpy()
+    """``(K×K)`` label-id confusion counts (rows GT), K = 34; ids already checked to be ``<= 33``."""
+    gt, pred = (torch.from_numpy(np.ascontiguousarray(a)) for a in (gt_ids, pred_ids))
+    return count_pairs(gt, pred, _MAX_ID + 1).numpy()
 
 
 def class_confusion(label_mat: np.ndarray) -> np.ndarray:

@@ -1,13 +1,17 @@
-"""ConfusionMatrix: one bincount equals a direct count; NaN rule; seed variant; additivity."""
+"""ConfusionMatrix: one bincount equals a direct count (every input dtype, any length); NaN rule; seed variant;
+additivity."""
 
 from __future__ import annotations
+
+import multiprocessing
 
 import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deeplab.metrics import ConfusionMatrix, confusion, iou_from_confusion, mean_iou
+from deeplab import metrics as metrics_module
+from deeplab.metrics import ConfusionMatrix, confusion, count_pairs, iou_from_confusion, mean_iou
 
 N = 19
 
@@ -39,6 +43,65 @@ def test_matches_direct_definition(pair: tuple[list[int], list[int]]) -> None:
     mat = confusion(torch.from_numpy(pred), torch.from_numpy(gt)).numpy()
     for seed_metric in (False, True):
         np.testing.assert_array_equal(iou_from_confusion(mat, seed_metric), _direct_iou(pred, gt, seed_metric))
+
+
+def test_count_pairs_equals_direct_count_for_every_dtype_and_length() -> None:
+    """The CPU count (int16 codes, 8 position lanes, one cached lane pattern per k) against np.add.at, with
+    lengths that are not multiples of 8, a short input after a long one, and long runs of one pair."""
+    rng = np.random.default_rng(0)
+    for k in (20, 34):
+        for length in (1, 7, 9, 5000, 64, 3):
+            gt = rng.integers(0, k, length)
+            pred = rng.integers(0, k, length)
+            gt[: length // 2] = pred[: length // 2] = k - 1  # a run: every lane sees the same counter
+            expected = np.zeros((k, k), np.int64)
+            np.add.at(expected, (gt, pred), 1)
+            for dtype in (torch.uint8, torch.int16, torch.int32, torch.int64):
+                got = count_pairs(torch.from_numpy(gt).to(dtype), torch.from_numpy(pred).to(dtype), k)
+                assert got.dtype == torch.int64
+                np.testing.assert_array_equal(got.numpy(), expected, err_msg=f"k={k} n={length} {dtype}")
+
+
+def _count_in_forked_child(queue, gt: torch.Tensor, pred: torch.Tensor) -> None:
+    torch.set_num_threads(1)  # as DataLoader workers do: torch's own parallel ops hang in a forked child otherwise
+    queue.put((metrics_module._pool is None, count_pairs(gt, pred, 34).numpy()))  # numpy: pickled, not shared
+
+
+def test_large_inputs_are_counted_in_parts_and_a_forked_child_drops_the_pool() -> None:
+    """A 2048x1024 frame with 2 intra-op threads is split across the count's thread pool; the counts equal the
+    direct ones. A child forked after the pool exists (a DataLoader worker) starts without it (its threads do not
+    survive the fork) and counts correctly."""
+    rng = np.random.default_rng(1)
+    gt = rng.integers(0, 34, (1024, 2048)).astype(np.uint8)
+    pred = np.where(rng.random(gt.shape) < 0.9, gt, rng.integers(0, 34, gt.shape)).astype(np.uint8)
+    gt[:300], pred[:300] = 7, 7  # long runs
+    expected = np.bincount(gt.astype(np.int64).ravel() * 34 + pred.ravel(), minlength=34 * 34).reshape(34, 34)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = count_pairs(torch.from_numpy(gt), torch.from_numpy(pred), 34)
+        assert metrics_module._pool is not None, "the split path did not run"
+        np.testing.assert_array_equal(got.numpy(), expected)
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        args = (queue, torch.from_numpy(gt), torch.from_numpy(pred))
+        child = context.Process(target=_count_in_forked_child, args=args)
+        child.start()
+        dropped, counted = queue.get(timeout=120)
+        child.join(timeout=60)
+        assert dropped, "the forked child kept the parent's pool"
+        np.testing.assert_array_equal(counted, expected)
+        assert child.exitcode == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_void_ids_beyond_int16_count_as_void() -> None:
+    """Clamping happens before the int16 narrowing: id 40000 must not wrap around onto a class."""
+    pred = torch.tensor([40000, 3, 65536 + 3, 255])
+    gt = torch.tensor([3, 40000, 3, 3])
+    mat = confusion(pred, gt).numpy()
+    assert mat[3, 3] == 0 and mat[3, N] == 3 and mat[N, 3] == 1 and mat.sum() == 4
 
 
 def test_nan_rule_and_mean_over_defined_classes() -> None:
