@@ -95,7 +95,7 @@ def _read_ids(path: Path, what: str) -> np.ndarray:
         raise DeeplabError(f"score: cannot read {what} {path} ({err.__class__.__name__})") from None
     if array.ndim != 2:
         raise DeeplabError(f"score: {what} {path} has several channels; expected single-channel label ids")
-    if array.size and ((array.dtype.kind == "i" and array.min() < 0) or array.max() > _MAX_ID):
+    if array.size and (array.min() < 0 or array.max() > _MAX_ID):
         raise DeeplabError(f"score: {what} {path} holds label id {int(array.max())}; Cityscapes ids are 0..{_MAX_ID}")
     return array
 

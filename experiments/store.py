@@ -82,7 +82,7 @@ def _driver_reason(err: Exception, uri: str) -> str:
         password = sqlalchemy.engine.make_url(uri).password
     except Exception:  # an unparsable URI has no password to hide
         password = None
-    return reason.replace(str(password), "***") if password else reason
+    return reason.replace(password, "***") if password else reason
 
 
 def _redact(uri: str) -> str:
