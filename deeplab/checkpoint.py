@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +27,37 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    finally:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)):
+            _raise_if_disk_full(path, state, err)
+        raise
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _raise_if_disk_full(path: Path, state: dict[str, Any], err: BaseException) -> None:
+    """torch reports a full disk as ENOSPC or, when a write came up short, as ``unexpected pos``: say it plainly."""
+    free = shutil.disk_usage(path.parent).free
+    needed = sum(t.nbytes for t in _tensors(state))
+    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < needed:
+        raise DeeplabError(
+            f"checkpoint {path}: no space left on the device ({free / 1e6:.0f} MB free, about {needed / 1e6:.0f} MB "
+            "needed); nothing was replaced, the previous checkpoint (if any) is intact"
+        ) from None
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

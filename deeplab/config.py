@@ -101,6 +101,9 @@ class TrainConfig:
     channels_last: bool = False
     deterministic: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # A finished run's checkpoint drops the optimizer state; with false it drops the weights too and only marks
+    # the run finished (a few KB instead of 160-240 MB per run, for sweeps where only the curves matter).
+    keep_weights: bool = True
 
 
 @dataclass
@@ -122,7 +125,7 @@ class Config:
 
 
 # Fields that change how a run executes but not what it computes: left out of the run's identity.
-NON_IDENTITY = frozenset({"data.num_workers", "train.log_every", "train.checkpoint_every"})
+NON_IDENTITY = frozenset({"data.num_workers", "train.log_every", "train.checkpoint_every", "train.keep_weights"})
 
 
 def _check(cond: bool, key: str, expected: str, value: Any) -> None:

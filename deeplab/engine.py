@@ -105,6 +105,8 @@ def _resume(path: Path, cfg: Config, parts: _Parts) -> dict:
             f"{path}: checkpoint is of config {state['config_hash']}, this run is {config_hash(cfg)} "
             f"(differs in {', '.join(diff[:5]) or 'non-identity keys'}); use another --run-dir"
         )
+    if state.get("final_metrics") is not None:  # a finished run: nothing to restore, train() returns at once
+        return state
     try:
         parts.model.load_state_dict(state["model"])
     except RuntimeError as err:
@@ -128,6 +130,22 @@ def _checkpoint(path: Path, cfg: Config, parts: _Parts, iteration: int, window: 
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
         **extra,
+    }
+    save_checkpoint(path, state)
+
+
+def _finish(path: Path, cfg: Config, parts: _Parts, iteration: int, window: dict, metrics: dict) -> None:
+    """A finished run's checkpoint: weights (unless ``train.keep_weights`` is false), config and final metrics.
+
+    Optimizer, scheduler and RNG state only serve a resume, and a finished run never resumes: dropping them halves
+    the file (the momentum buffer is as large as the weights)."""
+    state = {
+        "model": parts.model.state_dict() if cfg.train.keep_weights else {},
+        "iteration": iteration,
+        "window": dict(window),
+        "config": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "final_metrics": metrics,
     }
     save_checkpoint(path, state)
 
@@ -195,7 +213,7 @@ def train(
         metrics = validate(cfg, parts.model, val_dataset, info, tracker, run_dir, done, final=True)
         tracker.flush()
         if info.is_main:
-            _checkpoint(ckpt_path, cfg, parts, done, window, {"final_metrics": metrics})
+            _finish(ckpt_path, cfg, parts, done, window, metrics)
         bar.message(f"finished: val mIoU {100 * metrics['val/mIoU']:.2f} at iteration {done}")
         return TrainResult("finished", done, metrics)
     finally:

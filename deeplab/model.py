@@ -168,6 +168,8 @@ def _load_local_weights(model: DeepLabV3Plus, path: Path) -> None:
     except Exception as err:
         raise DeeplabError(f"model.weights: {path} is not a readable state_dict ({err.__class__.__name__})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        if not state["model"]:
+            raise DeeplabError(f"model.weights: {path}: this finished run kept no weights (train.keep_weights=false)")
         state = state["model"]  # one of our checkpoints
     if not isinstance(state, dict):
         raise DeeplabError(f"model.weights: {path} does not hold a state_dict")

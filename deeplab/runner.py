@@ -54,6 +54,10 @@ def evaluate_checkpoint_cli(
 ) -> int:
     """Evaluate a checkpoint on its config's validation split (overrides e.g. data.root=…)."""
     state = load_checkpoint(checkpoint)
+    if not state["model"]:
+        raise DeeplabError(
+            f"{checkpoint}: this finished run kept no weights (it was trained with train.keep_weights=false)"
+        )
     cfg = from_dict(state["config"], dict(parse_override(o) for o in overrides))
     info = init_distributed(cfg.train.device)
     dataset = build_val_dataset(cfg)

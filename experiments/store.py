@@ -95,11 +95,16 @@ def _redact(uri: str) -> str:
 
 
 def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
-    """The experiment's id, creating store and experiment once (call before fanning jobs out)."""
+    """The experiment's id, creating store and experiment once (call before fanning jobs out).
+
+    A new experiment of a sqlite store keeps its artifacts beside the database (``mlartifacts/``), not in MLflow's
+    default ``./mlruns`` of whichever directory the first submission happened to start in."""
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    if artifact_location is None and uri.startswith("sqlite:///"):
+        artifact_location = (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # another process created it first

@@ -14,6 +14,7 @@ import torch
 from tiny import REPO, TINY, tiny_config, tiny_overrides
 
 from deeplab.checkpoint import load_checkpoint
+from deeplab.config import config_hash
 from deeplab.engine import StopFlag, TrainingDiverged, train
 from deeplab.errors import DeeplabError
 from deeplab.tracking import JsonlTracker
@@ -126,4 +127,37 @@ def test_nan_loss_stops_naming_the_iteration(tiny_data: Path, tmp_path: Path) ->
         train(cfg, tmp_path, tracker)
     assert "status" not in json.loads(
         (tmp_path / "tags.json").read_text() if (tmp_path / "tags.json").exists() else "{}"
+    )
+
+
+def test_a_finished_runs_checkpoint_holds_the_weights_without_the_optimizer(reference: Path) -> None:
+    state = load_checkpoint(reference / "checkpoint.pt")
+    assert state["final_metrics"]["val/mIoU"] >= 0 and state["iteration"] == 6
+    assert not {"optimizer", "scheduler", "scaler", "rng"} & set(state)  # a finished run never resumes
+    weights = sum(t.nbytes for t in state["model"].values())
+    assert weights > 100e6 and (reference / "checkpoint.pt").stat().st_size < 1.01 * weights
+
+
+def test_keep_weights_false_leaves_a_small_finished_marker(tiny_data: Path, tmp_path: Path) -> None:
+    extra = {"train.iterations": 2, "schedule.warmup_iters": 1, "train.eval_every": 0}
+    lean = tiny_config(tiny_data, **extra, **{"train.keep_weights": False})
+    assert config_hash(lean) == config_hash(tiny_config(tiny_data, **extra))  # the same run, kept differently
+    first = train(lean, tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    assert first.status == "finished" and path.stat().st_size < 100_000
+    assert load_checkpoint(path)["model"] == {}
+    before = path.stat().st_mtime_ns
+    again = train(lean, tmp_path)  # a resubmission knows the run finished
+    assert again.status == "finished" and again.metrics == first.metrics
+    assert path.stat().st_mtime_ns == before
+    out = subprocess.run(
+        [sys.executable, "-m", "deeplab", "evaluate", "--checkpoint", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"error: {path}: this finished run kept no weights (it was trained with train.keep_weights=false)"
     )

@@ -29,6 +29,7 @@ TINY_RUN = {
     "train.checkpoint_every": 2,
     "train.log_every": 1,
     "schedule.warmup_iters": 1,
+    "train.keep_weights": False,  # the drills test tracking and scheduling: 64 runs' weights would be ~10 GB
 }
 
 

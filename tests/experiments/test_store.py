@@ -85,3 +85,23 @@ def test_last_child_to_end_closes_the_parent_and_a_resubmission_reopens_it(tmp_p
         mark_run(uri, run_id, "FINISHED")
     assert close_parent_if_done(uri, children[0]) == "FINISHED"
     assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_a_sqlite_experiment_keeps_its_artifacts_beside_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # MLflow's own default would be ./mlruns of this directory
+    (tmp_path / "db").mkdir()
+    uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    eid = ensure_experiment(uri, "beside")
+    assert client.get_experiment(eid).artifact_location == (tmp_path / "db" / "mlartifacts").as_uri()
+    run = client.create_run(eid)
+    (tmp_path / "table.csv").write_text("class,iou\nroad,0.9\n")
+    client.log_artifact(run.info.run_id, str(tmp_path / "table.csv"))
+    assert list((tmp_path / "db" / "mlartifacts").rglob("table.csv"))
+    assert list(elsewhere.iterdir()) == []
+    chosen = (tmp_path / "chosen").as_uri()
+    assert client.get_experiment(ensure_experiment(uri, "chosen", artifact_location=chosen)).artifact_location == chosen
