@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,30 @@ def git_state(repo: Path) -> dict[str, str]:
         return {"git.commit": "unknown", "git.dirty": "unknown"}
 
 
+def shield_requeue_from_sigterm() -> None:
+    """Block SIGTERM while submitit's SIGUSR2 handler checkpoints and runs ``scontrol requeue``.
+
+    Once slurmctld accepts a requeue (or a preemption sends SIGTERM right behind SIGUSR2, as
+    ``job._interrupt()`` and real preemption do) slurmd sends SIGTERM to every process of the job, the
+    ``scontrol`` child included. Killed before its RPC lands, it leaves the job unrequeued and the
+    CalledProcessError escapes the handler into the training loop. The mask of the thread that forks is
+    inherited across fork and exec, so the child finishes; the job's own SIGTERM still arrives (through
+    another thread, or when the handler returns) and submitit's handler for it only logs."""
+    previous = signal.getsignal(signal.SIGUSR2)
+    if not callable(previous) or getattr(previous, "shielded", False):
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            previous(signum, frame)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    handler.shielded = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGUSR2, handler)
+
+
 class RunJob(submitit.helpers.Checkpointable):
     """One grid cell as a submitit job (one task per GPU; the tasks become DDP ranks)."""
 
@@ -65,6 +90,7 @@ class RunJob(submitit.helpers.Checkpointable):
         return int(os.environ.get("RANK", "0"))
 
     def __call__(self) -> dict[str, float]:
+        shield_requeue_from_sigterm()  # submitit installed its handlers before calling us
         rank = self._environment()
         cfg = from_dict(self.config)
         run_dir = Path(self.run_dir)
