@@ -74,6 +74,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def weights_of(state: dict[str, Any], source: Path | str) -> dict[str, torch.Tensor]:
+    """The model weights of one of our checkpoints; a finished run trained with keep_weights=false has none."""
+    if not state["model"]:
+        raise DeeplabError(
+            f"{source}: this finished run kept no weights (it was trained with train.keep_weights=false)"
+        )
+    return state["model"]
+
+
 def rng_state() -> dict[str, Any]:
     """All RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()

@@ -118,35 +118,28 @@ def _resume(path: Path, cfg: Config, parts: _Parts) -> dict:
     return state
 
 
-def _checkpoint(path: Path, cfg: Config, parts: _Parts, iteration: int, window: dict, extra: dict) -> None:
+def _checkpoint(
+    path: Path, cfg: Config, parts: _Parts, iteration: int, window: dict, final_metrics: dict | None = None
+) -> None:
+    """A resumable checkpoint, or with ``final_metrics`` a finished run's: weights (none when
+    ``train.keep_weights`` is false), config and metrics. Optimizer, scheduler and RNG state only serve a resume,
+    which a finished run never does: dropping them halves the file (momentum is as large as the weights)."""
     state = {
-        "model": parts.model.state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
-        "scheduler": parts.scheduler.state_dict(),
-        "scaler": parts.scaler.state_dict(),
-        "iteration": iteration,
-        "rng": rng_state(),
-        "window": dict(window),
-        "config": to_dict(cfg),
-        "config_hash": config_hash(cfg),
-        **extra,
-    }
-    save_checkpoint(path, state)
-
-
-def _finish(path: Path, cfg: Config, parts: _Parts, iteration: int, window: dict, metrics: dict) -> None:
-    """A finished run's checkpoint: weights (unless ``train.keep_weights`` is false), config and final metrics.
-
-    Optimizer, scheduler and RNG state only serve a resume, and a finished run never resumes: dropping them halves
-    the file (the momentum buffer is as large as the weights)."""
-    state = {
-        "model": parts.model.state_dict() if cfg.train.keep_weights else {},
         "iteration": iteration,
         "window": dict(window),
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
-        "final_metrics": metrics,
     }
+    if final_metrics is None:
+        state |= {
+            "model": parts.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict(),
+            "rng": rng_state(),
+        }
+    else:
+        state |= {"model": parts.model.state_dict() if cfg.train.keep_weights else {}, "final_metrics": final_metrics}
     save_checkpoint(path, state)
 
 
@@ -213,7 +206,7 @@ def train(
         metrics = validate(cfg, parts.model, val_dataset, info, tracker, run_dir, done, final=True)
         tracker.flush()
         if info.is_main:
-            _finish(ckpt_path, cfg, parts, done, window, metrics)
+            _checkpoint(ckpt_path, cfg, parts, done, window, metrics)
         bar.message(f"finished: val mIoU {100 * metrics['val/mIoU']:.2f} at iteration {done}")
         return TrainResult("finished", done, metrics)
     finally:
@@ -275,7 +268,7 @@ def _loop(
         if stopping or (t.checkpoint_every and done % t.checkpoint_every == 0):
             tracker.flush()
             if info.is_main:
-                _checkpoint(ckpt_path, cfg, parts, done, window, {})
+                _checkpoint(ckpt_path, cfg, parts, done, window)
         if stopping:
             return done
     return start

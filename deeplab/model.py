@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 
+from deeplab.checkpoint import weights_of
 from deeplab.config import ModelConfig
 from deeplab.errors import DeeplabError
 
@@ -168,9 +169,7 @@ def _load_local_weights(model: DeepLabV3Plus, path: Path) -> None:
     except Exception as err:
         raise DeeplabError(f"model.weights: {path} is not a readable state_dict ({err.__class__.__name__})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        if not state["model"]:
-            raise DeeplabError(f"model.weights: {path}: this finished run kept no weights (train.keep_weights=false)")
-        state = state["model"]  # one of our checkpoints
+        state = weights_of(state, f"model.weights: {path}")  # one of our checkpoints
     if not isinstance(state, dict):
         raise DeeplabError(f"model.weights: {path} does not hold a state_dict")
     if any(k.startswith(("backbone.", "aspp.", "decoder.")) for k in state):

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from deeplab.checkpoint import load_checkpoint
+from deeplab.checkpoint import load_checkpoint, weights_of
 from deeplab.config import Config, from_dict, parse_override
 from deeplab.data.loader import build_val_dataset
 from deeplab.distributed import init_distributed
@@ -54,16 +54,13 @@ def evaluate_checkpoint_cli(
 ) -> int:
     """Evaluate a checkpoint on its config's validation split (overrides e.g. data.root=…)."""
     state = load_checkpoint(checkpoint)
-    if not state["model"]:
-        raise DeeplabError(
-            f"{checkpoint}: this finished run kept no weights (it was trained with train.keep_weights=false)"
-        )
+    weights = weights_of(state, checkpoint)
     cfg = from_dict(state["config"], dict(parse_override(o) for o in overrides))
     info = init_distributed(cfg.train.device)
     dataset = build_val_dataset(cfg)
     model = build_model(from_dict({**state["config"], "model": {**state["config"]["model"], "weights": "none"}}).model)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as err:
         raise DeeplabError(f"{checkpoint}: weights do not fit its model ({str(err).splitlines()[0][:120]})") from None
     model.to(info.device)

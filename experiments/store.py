@@ -24,6 +24,11 @@ def default_tracking_uri(project_dir: Path) -> str:
     return f"sqlite:///{Path(project_dir).resolve() / 'mlflow.db'}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
 def resolve_tracking_uri(uri: str | None, project_dir: Path | None = None) -> str:
     """Explicit argument > MLFLOW_TRACKING_URI > sqlite file in the project directory. Always explicit."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(project_dir or Path.cwd())
@@ -41,8 +46,8 @@ def resolve_tracking_uri(uri: str | None, project_dir: Path | None = None) -> st
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast, with the URI in the message, when the tracking store cannot be reached."""
-    if uri.startswith("sqlite:///"):
-        parent = Path(uri[len("sqlite:///") :]).parent
+    if (db := sqlite_path(uri)) is not None:
+        parent = db.parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise ExperimentsError(f"tracking URI {uri}: directory {parent} does not exist or is not writable")
         return
@@ -103,8 +108,8 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    if artifact_location is None and uri.startswith("sqlite:///"):
-        artifact_location = (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
+    if artifact_location is None and (db := sqlite_path(uri)) is not None:
+        artifact_location = (db.resolve().parent / "mlartifacts").as_uri()
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # another process created it first

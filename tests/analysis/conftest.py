@@ -13,8 +13,6 @@ import pytest
 import yaml
 from tiny import REPO
 
-from experiments.store import ensure_experiment
-
 TINY_SPEC = REPO / "experiments" / "sweeps" / "tiny_synthetic.yaml"
 SCHEDULES = [4, 6]  # two schedule lengths, so the analysis has one res50-vs-res101 cell per schedule
 
@@ -54,8 +52,7 @@ def sweep_store(tmp_path_factory: pytest.TempPathFactory) -> SweepStore:
     root = tmp_path_factory.mktemp("sweep")
     spec_path = _fixture_spec(root)
     spec = yaml.safe_load(spec_path.read_text())
-    # artifacts in the tmp dir too (MLflow's default is ./mlruns of the working directory)
-    ensure_experiment(spec["tracking"]["uri"], spec["name"], artifact_location=(root / "artifacts").as_uri())
+    # artifacts: the sweep's sqlite store keeps them in root/mlartifacts (experiments.store.ensure_experiment)
     start = time.monotonic()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     done = subprocess.run(
@@ -67,6 +64,7 @@ def sweep_store(tmp_path_factory: pytest.TempPathFactory) -> SweepStore:
         timeout=900,
     )
     assert done.returncode == 0, f"fixture sweep failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert any((root / "mlartifacts").rglob("config.yaml")), "the sweep's artifacts are not beside its database"
     run_dirs = sorted(p.parent for p in (root / "runs" / spec["name"]).glob("*/config.yaml"))
     every = spec["overrides"]["train.eval_every"]
     uri, seconds = spec["tracking"]["uri"], time.monotonic() - start

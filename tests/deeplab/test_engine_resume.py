@@ -17,6 +17,7 @@ from deeplab.checkpoint import load_checkpoint
 from deeplab.config import config_hash
 from deeplab.engine import StopFlag, TrainingDiverged, train
 from deeplab.errors import DeeplabError
+from deeplab.model import build_model
 from deeplab.tracking import JsonlTracker
 
 
@@ -150,6 +151,8 @@ def test_keep_weights_false_leaves_a_small_finished_marker(tiny_data: Path, tmp_
     again = train(lean, tmp_path)  # a resubmission knows the run finished
     assert again.status == "finished" and again.metrics == first.metrics
     assert path.stat().st_mtime_ns == before
+    with pytest.raises(DeeplabError, match=r"model.weights: .*checkpoint.pt: this finished run kept no weights"):
+        build_model(tiny_config(tiny_data, **{"model.weights": str(path)}).model)  # as backbone/init weights
     out = subprocess.run(
         [sys.executable, "-m", "deeplab", "evaluate", "--checkpoint", str(path)],
         cwd=REPO,
