@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import types
@@ -40,6 +41,9 @@ class DataConfig:
     crop_size: tuple[int, int] = (768, 768)  # (height, width)
     scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)  # one drawn per image
     pad_to_crop: bool = False  # seed: images smaller than the crop are upscaled, not padded
+    # "window": resize only the crop window, then flip and jitter the crop (cheap); "seed": the seed's order,
+    # jitter the whole frame, flip, resize the whole image, re-upscale it when smaller than the crop, then crop
+    augment_order: Literal["window", "seed"] = "window"
     hflip: float = 0.5
     color_jitter: tuple[float, float, float] = (0.5, 0.5, 0.5)  # brightness, contrast, saturation
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -62,6 +66,15 @@ class ModelConfig:
     low_level_channels: int = 48
     decoder_channels: int = 256
     sync_bn: bool = True  # only takes effect with world size > 1 on GPU
+    # Seed-fidelity switches (docs/deviations.md); the defaults are this project's clean choices.
+    align_corners: bool = False  # bilinear upsampling in the head and the evaluator (seed: true)
+    dilate_first_block: bool = False  # dilate a dilated stage's first block too (seed: layer4 2,2,2; torchvision 1,2,2)
+    head_conv_bias: bool = False  # bias on the ASPP/decoder convs before their norm (seed: true)
+    classifier_bias: bool = True  # seed: false
+    aspp_fuse_padding: int = 0  # the seed's 1×1 ASPP fuse conv keeps padding=1 (a 2-pixel larger map)
+    head_init: Literal["fan_out_relu", "fan_in_a1"] = "fan_out_relu"  # seed: kaiming_normal_(a=1), fan_in
+    head_leaky_slope: float = 0.0  # 0 = ReLU after each head norm (seed: leaky ReLU 0.01)
+    backbone_leaky_slope: float = 0.0  # stem and bottleneck bn1/bn2 (seed: 0.01; the residual sum stays ReLU)
 
 
 @dataclass
@@ -80,6 +93,7 @@ class OptimConfig:
     nesterov: bool = False
     no_decay_bn: Literal["none", "backbone", "all"] = "backbone"  # seed: backbone BN only
     no_decay_bias: bool = False
+    no_decay_backbone: bool = False  # every backbone parameter exempt (the seed's Feb-2019 code, a bug)
 
 
 @dataclass
@@ -104,6 +118,8 @@ class TrainConfig:
     # A finished run's checkpoint drops the optimizer state; with false it drops the weights too and only marks
     # the run finished (a few KB instead of 160-240 MB per run, for sweeps where only the curves matter).
     keep_weights: bool = True
+    # Also log the best val/mIoU so far and its step (the seed fork's protocol): a figure selected on val itself.
+    log_best_of_val: bool = False
 
 
 @dataclass
@@ -126,6 +142,24 @@ class Config:
 
 # Fields that change how a run executes but not what it computes: left out of the run's identity.
 NON_IDENTITY = frozenset({"data.num_workers", "train.log_every", "train.checkpoint_every", "train.keep_weights"})
+
+# Fields added after runs existed: hashed only when they differ from their default, so earlier runs (and their
+# checkpoints) keep their identity. A new field that changes what a run computes belongs here.
+HASHED_WHEN_SET = frozenset(
+    {
+        "data.augment_order",
+        "model.align_corners",
+        "model.dilate_first_block",
+        "model.head_conv_bias",
+        "model.classifier_bias",
+        "model.aspp_fuse_padding",
+        "model.head_init",
+        "model.head_leaky_slope",
+        "model.backbone_leaky_slope",
+        "optim.no_decay_backbone",
+        "train.log_best_of_val",
+    }
+)
 
 
 def _check(cond: bool, key: str, expected: str, value: Any) -> None:
@@ -299,13 +333,34 @@ def validate(cfg: Config) -> None:
     _check(t.log_every >= 1, "train.log_every", ">= 1", t.log_every)
     e = cfg.eval
     _check(len(e.scales) > 0 and all(s > 0 for s in e.scales), "eval.scales", "positive numbers", e.scales)
+    _validate_fidelity(cfg)
+
+
+def _validate_fidelity(cfg: Config) -> None:
+    m = cfg.model
+    _check(m.aspp_fuse_padding in (0, 1), "model.aspp_fuse_padding", "0 or 1", m.aspp_fuse_padding)
+    for key in ("head_leaky_slope", "backbone_leaky_slope"):
+        _check(0.0 <= getattr(m, key) < 1.0, f"model.{key}", "in [0, 1)", getattr(m, key))
+    seed_order = cfg.data.augment_order == "seed"
+    _check(not (seed_order and cfg.data.pad_to_crop), "data.pad_to_crop", "false with data.augment_order=seed", True)
 
 
 def config_hash(cfg: Config) -> str:
-    """12 hex digits identifying what a run computes (execution-only fields excluded)."""
-    flat = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in NON_IDENTITY}
+    """12 hex digits identifying what a run computes (execution-only fields excluded, later fields at their
+    default left out)."""
+    defaults = _defaults()
+    flat = {
+        k: v
+        for k, v in flatten(to_dict(cfg)).items()
+        if k not in NON_IDENTITY and not (k in HASHED_WHEN_SET and v == defaults[k])
+    }
     blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return flatten(to_dict(Config()))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

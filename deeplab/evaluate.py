@@ -36,20 +36,36 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device.type, dtype=dtype)
 
 
+def _rescale(image: torch.Tensor, scale: float, align_corners: bool) -> torch.Tensor:
+    if scale == 1:
+        return image
+    if align_corners:  # the seed: resized to int(H·s)×int(W·s) with corners aligned
+        size = [int(image.shape[-2] * scale), int(image.shape[-1] * scale)]
+        return F.interpolate(image, size=size, mode="bilinear", align_corners=True)
+    return F.interpolate(image, scale_factor=scale, mode="bilinear", align_corners=False)
+
+
 @torch.no_grad()
-def predict(model: nn.Module, image: torch.Tensor, scales: tuple[float, ...], flip: bool, amp: str) -> torch.Tensor:
+def predict(
+    model: nn.Module,
+    image: torch.Tensor,
+    scales: tuple[float, ...],
+    flip: bool,
+    amp: str,
+    align_corners: bool = False,
+) -> torch.Tensor:
     """Summed softmax probabilities [B,C,H,W] over scales (and horizontal flips) at the input's size."""
     size = image.shape[-2:]
     total = None
     for scale in scales:
-        scaled = image if scale == 1 else F.interpolate(image, scale_factor=scale, mode="bilinear", align_corners=False)
+        scaled = _rescale(image, scale, align_corners)
         for flipped in (False, True) if flip else (False,):
             x = scaled.flip(-1) if flipped else scaled
             with autocast(image.device, amp):
                 logits = model(x)
             logits = logits.float().flip(-1) if flipped else logits.float()
             if logits.shape[-2:] != size:
-                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
             probs = logits.softmax(1)
             total = probs if total is None else total + probs
     return total
@@ -65,11 +81,14 @@ def evaluate(
     device: torch.device | None = None,
     amp: str = "none",
     num_classes: int = 19,
+    align_corners: bool = False,
     per_image: bool = True,
     progress: bool = False,
     on_prediction: Callable[[str, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> EvalResult:
-    """Evaluate ``model`` on every image of ``dataset`` (ranks take interleaved shards; results reduced)."""
+    """Evaluate ``model`` on every image of ``dataset`` (ranks take interleaved shards; results reduced).
+
+    ``align_corners`` is the model config's: the seed resizes images and logits with corners aligned."""
     device = device or next(model.parameters()).device
     rank, world = (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
     transform = EvalTransform(data_cfg)
@@ -81,7 +100,7 @@ def evaluate(
     for index in tqdm(indices, desc="eval", disable=not progress, leave=False):
         raw_image, raw_mask = dataset.load(index)
         image, mask = transform(raw_image, raw_mask)
-        pred = predict(model, image[None].to(device), scales, flip, amp).argmax(1)[0]
+        pred = predict(model, image[None].to(device), scales, flip, amp, align_corners).argmax(1)[0]
         mat = metric.update(pred, mask.to(device))
         if per_image:
             mine.append((index, mat.cpu().numpy()))

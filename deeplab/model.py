@@ -1,41 +1,83 @@
-"""DeepLabV3+ on torchvision's ResNet-50/101: ASPP and a decoder on top of features tapped by name."""
+"""DeepLabV3+ on torchvision's ResNet-50/101: ASPP and a decoder on top of features tapped by name.
+
+The keyword switches after ``decoder_channels`` reproduce the seed's choices (docs/deviations.md); their
+defaults are this project's clean model.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
+from torchvision.models import ResNet50_Weights, ResNet101_Weights
 from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.resnet import Bottleneck, ResNet
 
 from deeplab.checkpoint import weights_of
 from deeplab.config import ModelConfig
 from deeplab.errors import DeeplabError
 
-_RESNETS = {
-    "resnet50": (resnet50, ResNet50_Weights.IMAGENET1K_V1),
-    "resnet101": (resnet101, ResNet101_Weights.IMAGENET1K_V1),
+_RESNETS = {  # blocks per stage, ImageNet weights
+    "resnet50": ([3, 4, 6, 3], ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": ([3, 4, 23, 3], ResNet101_Weights.IMAGENET1K_V1),
 }
 
 
-def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Sequential:
-    padding = 0 if kernel == 1 else dilation
+def _activation(slope: float) -> nn.Module:
+    return nn.LeakyReLU(slope, inplace=True) if slope > 0 else nn.ReLU(inplace=True)
+
+
+class _Bottleneck(Bottleneck):
+    """torchvision's bottleneck with a settable activation after bn1 and bn2 (the residual sum keeps ReLU)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inner_act: nn.Module = self.relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner_act(self.bn1(self.conv1(x)))
+        out = self.inner_act(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
+def _resnet(backbone: str, output_stride: int, dilate_first_block: bool, leaky_slope: float) -> ResNet:
+    dilate = [False, output_stride == 8, True]
+    resnet = ResNet(_Bottleneck, _RESNETS[backbone][0], replace_stride_with_dilation=dilate)
+    if dilate_first_block:  # the seed dilates every block of a dilated stage; torchvision keeps the first at 1
+        for layer, dilated in zip((resnet.layer2, resnet.layer3, resnet.layer4), dilate, strict=True):
+            if dilated:
+                layer[0].conv2.dilation = layer[0].conv2.padding = layer[1].conv2.dilation
+    if leaky_slope > 0:  # the seed: InPlaceABN's leaky ReLU after the stem and bn1/bn2 of every block
+        resnet.relu = _activation(leaky_slope)
+        for block in resnet.modules():
+            if isinstance(block, _Bottleneck):
+                block.inner_act = _activation(leaky_slope)
+    return resnet
+
+
+def _conv_bn_relu(
+    cin: int, cout: int, kernel: int, dilation: int = 1, *, bias: bool = False, slope: float = 0.0, padding: int = -1
+) -> nn.Sequential:
+    padding = (0 if kernel == 1 else dilation) if padding < 0 else padding
     return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False),
+        nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=bias),
         nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
+        _activation(slope),
     )
 
 
 class ImagePooling(nn.Module):
     """ASPP's image-level branch: global average → 1×1 conv → broadcast back."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, **conv: Any) -> None:
         super().__init__()
-        self.proj = _conv_bn_relu(cin, cout, 1)
+        self.proj = _conv_bn_relu(cin, cout, 1, **conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.proj(F.adaptive_avg_pool2d(x, 1))
@@ -43,15 +85,21 @@ class ImagePooling(nn.Module):
 
 
 class ASPP(nn.Module):
-    """Atrous spatial pyramid pooling: 1×1 + three 3×3 atrous branches (+ image pooling), fused by a 1×1."""
+    """Atrous spatial pyramid pooling: 1×1 + three 3×3 atrous branches (+ image pooling), fused by a 1×1.
 
-    def __init__(self, cin: int, cout: int, rates: tuple[int, int, int], image_pooling: bool) -> None:
+    ``fuse_padding=1`` is the seed's quirk: its 1×1 fuse conv pads by one, so the map grows by 2 pixels with a
+    constant border. ``conv`` (bias, slope) goes to every conv-norm-activation.
+    """
+
+    def __init__(
+        self, cin: int, cout: int, rates: tuple[int, int, int], image_pooling: bool, fuse_padding: int = 0, **conv: Any
+    ) -> None:
         super().__init__()
-        branches = [_conv_bn_relu(cin, cout, 1)] + [_conv_bn_relu(cin, cout, 3, r) for r in rates]
+        branches = [_conv_bn_relu(cin, cout, 1, **conv)] + [_conv_bn_relu(cin, cout, 3, r, **conv) for r in rates]
         if image_pooling:
-            branches.append(ImagePooling(cin, cout))
+            branches.append(ImagePooling(cin, cout, **conv))
         self.branches = nn.ModuleList(branches)
-        self.project = _conv_bn_relu(cout * len(branches), cout, 1)
+        self.project = _conv_bn_relu(cout * len(branches), cout, 1, padding=fuse_padding, **conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(torch.cat([b(x) for b in self.branches], dim=1))
@@ -60,14 +108,28 @@ class ASPP(nn.Module):
 class Decoder(nn.Module):
     """Low-level projection, concat with upsampled ASPP output, two 3×3 convs, classifier."""
 
-    def __init__(self, low_in: int, low_out: int, aspp_out: int, channels: int, num_classes: int) -> None:
+    def __init__(
+        self,
+        low_in: int,
+        low_out: int,
+        aspp_out: int,
+        channels: int,
+        num_classes: int,
+        *,
+        align_corners: bool = False,
+        classifier_bias: bool = True,
+        **conv: Any,
+    ) -> None:
         super().__init__()
-        self.low = _conv_bn_relu(low_in, low_out, 1)
-        self.fuse = nn.Sequential(_conv_bn_relu(low_out + aspp_out, channels, 3), _conv_bn_relu(channels, channels, 3))
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.align_corners = align_corners
+        self.low = _conv_bn_relu(low_in, low_out, 1, **conv)
+        self.fuse = nn.Sequential(
+            _conv_bn_relu(low_out + aspp_out, channels, 3, **conv), _conv_bn_relu(channels, channels, 3, **conv)
+        )
+        self.classifier = nn.Conv2d(channels, num_classes, 1, bias=classifier_bias)
 
     def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=self.align_corners)
         return self.classifier(self.fuse(torch.cat([high, self.low(low)], dim=1)))
 
 
@@ -84,31 +146,57 @@ class DeepLabV3Plus(nn.Module):
         aspp_channels: int = 256,
         low_level_channels: int = 48,
         decoder_channels: int = 256,
+        align_corners: bool = False,
+        dilate_first_block: bool = False,
+        head_conv_bias: bool = False,
+        classifier_bias: bool = True,
+        aspp_fuse_padding: int = 0,
+        head_init: str = "fan_out_relu",
+        head_leaky_slope: float = 0.0,
+        backbone_leaky_slope: float = 0.0,
     ) -> None:
         super().__init__()
         if backbone not in _RESNETS:
             raise DeeplabError(f"model.backbone: unknown backbone {backbone!r} (expected one of {list(_RESNETS)})")
         if output_stride not in (8, 16):
             raise DeeplabError(f"model.output_stride must be 8 or 16, got {output_stride}")
-        dilate = [False, output_stride == 8, True]
-        resnet = _RESNETS[backbone][0](weights=None, replace_stride_with_dilation=dilate)
+        if head_init not in _INITS:
+            raise DeeplabError(f"model.head_init: unknown init {head_init!r} (expected one of {list(_INITS)})")
+        self.align_corners = align_corners
+        resnet = _resnet(backbone, output_stride, dilate_first_block, backbone_leaky_slope)
         self.backbone = IntermediateLayerGetter(resnet, return_layers={"layer4": "out", "layer1": "low"})
         rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
-        self.aspp = ASPP(2048, aspp_channels, rates, image_pooling)
-        self.decoder = Decoder(256, low_level_channels, aspp_channels, decoder_channels, num_classes)
+        conv = {"bias": head_conv_bias, "slope": head_leaky_slope}
+        self.aspp = ASPP(2048, aspp_channels, rates, image_pooling, aspp_fuse_padding, **conv)
+        self.decoder = Decoder(
+            256,
+            low_level_channels,
+            aspp_channels,
+            decoder_channels,
+            num_classes,
+            align_corners=align_corners,
+            classifier_bias=classifier_bias,
+            **conv,
+        )
         for module in [self.aspp, self.decoder]:
-            _init_new_layers(module)
+            _init_new_layers(module, head_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(x)
         logits = self.decoder(self.aspp(feats["out"]), feats["low"])
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
-def _init_new_layers(module: nn.Module) -> None:
+_INITS = {  # new-layer conv init: ours, and the seed's kaiming_normal_(a=1) (fan_in, gain 1: std 1/sqrt(fan_in))
+    "fan_out_relu": lambda w: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu"),
+    "fan_in_a1": lambda w: nn.init.kaiming_normal_(w, a=1),
+}
+
+
+def _init_new_layers(module: nn.Module, scheme: str = "fan_out_relu") -> None:
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            _INITS[scheme](m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
@@ -116,17 +204,15 @@ def _init_new_layers(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def model_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    """DeepLabV3Plus's keyword arguments from the model config (everything but the weights to load)."""
+    skip = {"weights", "sync_bn"}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in skip}
+
+
 def build_model(cfg: ModelConfig) -> DeepLabV3Plus:
     """Map the model config onto DeepLabV3Plus and load the requested weights."""
-    model = DeepLabV3Plus(
-        backbone=cfg.backbone,
-        output_stride=cfg.output_stride,
-        image_pooling=cfg.image_pooling,
-        num_classes=cfg.num_classes,
-        aspp_channels=cfg.aspp_channels,
-        low_level_channels=cfg.low_level_channels,
-        decoder_channels=cfg.decoder_channels,
-    )
+    model = DeepLabV3Plus(**model_kwargs(cfg))
     if cfg.weights == "imagenet":
         _load_backbone(model, _cached_imagenet_state(cfg.backbone), "the torch hub cache")
     elif cfg.weights != "none":
@@ -209,15 +295,7 @@ def model_info(cfg: ModelConfig, crop_size: tuple[int, int]) -> dict[str, Any]:
     """Parameters and FLOPs per forward at the crop size: cost is part of the res50-vs-res101 question."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = DeepLabV3Plus(
-        backbone=cfg.backbone,
-        output_stride=cfg.output_stride,
-        image_pooling=cfg.image_pooling,
-        num_classes=cfg.num_classes,
-        aspp_channels=cfg.aspp_channels,
-        low_level_channels=cfg.low_level_channels,
-        decoder_channels=cfg.decoder_channels,
-    ).eval()
+    model = DeepLabV3Plus(**model_kwargs(cfg)).eval()
     with torch.device("meta"):
         x = torch.empty(1, 3, *crop_size)
     model = model.to("meta")

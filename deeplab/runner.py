@@ -76,6 +76,7 @@ def evaluate_checkpoint_cli(
         flip=flip or cfg.eval.flip,
         device=info.device,
         amp=cfg.train.amp,
+        align_corners=cfg.model.align_corners,
         per_image=False,
         progress=info.is_main,
         on_prediction=write if save_predictions else None,

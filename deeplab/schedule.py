@@ -36,8 +36,11 @@ def _is_backbone_bn(name: str, module: nn.Module) -> bool:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
-    """SGD; no weight decay on BN parameters (backbone only, as in the seed, or all) and optionally biases."""
+    """SGD; no weight decay on BN parameters (backbone only, as in the seed HEAD, or all), optionally on biases,
+    or on the whole backbone (the seed's Feb-2019 code); with all three off everything decays (the res50 fork)."""
     no_decay: set[int] = set()
+    if cfg.no_decay_backbone:
+        no_decay.update(id(p) for name, p in model.named_parameters() if name.startswith("backbone."))
     for name, module in model.named_modules():
         is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
         if (cfg.no_decay_bn == "all" and is_bn) or (cfg.no_decay_bn == "backbone" and _is_backbone_bn(name, module)):

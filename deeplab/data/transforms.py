@@ -1,8 +1,9 @@
 """Joint image/mask transforms on uint8 tensors (bilinear for images, nearest for masks).
 
 All randomness comes from the ``torch.Generator`` passed in, so an augmented sample depends only on its seed:
-exact resume and DDP equivalence rely on that. The crop window is chosen in source coordinates and only that
-region is resized, which keeps augmentation cheap next to PNG decoding.
+exact resume and DDP equivalence rely on that. By default (``augment_order: window``) the crop window is chosen in
+source coordinates and only that region is resized, which keeps augmentation cheap next to PNG decoding;
+``augment_order: seed`` follows the seed's order on the whole frame instead (see ``TrainTransform._seed_order``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,23 @@ def _randint(g: torch.Generator | None, high: int) -> int:
 
 def _normalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     return TF.normalize(image.float().div_(255), list(mean), list(std))
+
+
+def _jitter(image: torch.Tensor, jitter: tuple[float, float, float], g: torch.Generator | None) -> torch.Tensor:
+    b, c, s = jitter  # factors uniform in [1 - j, 1 + j], applied in the seed's order
+    if b > 0:
+        image = TF.adjust_brightness(image, _uniform(g, 1 - b, 1 + b))
+    if c > 0:
+        image = TF.adjust_contrast(image, _uniform(g, 1 - c, 1 + c))
+    if s > 0:
+        image = TF.adjust_saturation(image, _uniform(g, 1 - s, 1 + s))
+    return image
+
+
+def _resize_pair(image: torch.Tensor, mask: torch.Tensor, size: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL's conventions: antialiased bilinear for the image, pixel-centre nearest for the mask."""
+    image = TF.resize(image, size, InterpolationMode.BILINEAR, antialias=True)
+    return image, TF.resize(mask[None], size, InterpolationMode.NEAREST_EXACT)[0]
 
 
 class TrainTransform:
@@ -60,20 +78,41 @@ class TrainTransform:
         top, left = _randint(g, image.shape[-2] - ch + 1), _randint(g, image.shape[-1] - cw + 1)
         return image[:, top : top + ch, left : left + cw], mask[top : top + ch, left : left + cw]
 
+    def _seed_order(self, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator | None):
+        """The seed's cityscapes.py: jitter the whole frame, flip, resize the whole image to int(side·scale),
+        re-upscale it to int(side·r + 1) when smaller than the crop (its scale 0.5 ends near 0.75, resampled
+        twice), then crop at int(u·(side − crop)) for u uniform in [0, 1)."""
+        cfg = self.cfg
+        ch, cw = cfg.crop_size
+        image = _jitter(image, cfg.color_jitter, g)
+        if float(torch.rand((), generator=g)) < cfg.hflip:
+            image, mask = image.flip(-1), mask.flip(-1)
+        scale = cfg.scales[_randint(g, len(cfg.scales))]
+        h, w = image.shape[-2:]
+        image, mask = _resize_pair(image, mask, [max(1, int(h * scale)), max(1, int(w * scale))])
+        h, w = image.shape[-2:]
+        if h < ch or w < cw:
+            ratio = cw / w if w < h else ch / h
+            if w * ratio < cw or h * ratio < ch:  # the seed's rule can leave the other side short: cover both
+                ratio = max(cw / w, ch / h)
+            image, mask = _resize_pair(image, mask, [int(ratio * h + 1), int(ratio * w + 1)])
+            h, w = image.shape[-2:]
+        if (h, w) != (ch, cw):
+            left, top = int(_uniform(g, 0, 1) * (w - cw)), int(_uniform(g, 0, 1) * (h - ch))
+            image, mask = image[:, top : top + ch, left : left + cw], mask[top : top + ch, left : left + cw]
+        return image, mask
+
     def __call__(
         self, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
+        if cfg.augment_order == "seed":
+            image, mask = self._seed_order(image, mask, g)
+            return _normalize(image, cfg.mean, cfg.std), mask.long()
         image, mask = self._scale_crop(image, mask, g)
         if float(torch.rand((), generator=g)) < cfg.hflip:
             image, mask = image.flip(-1), mask.flip(-1)
-        b, c, s = cfg.color_jitter  # factors uniform in [1 - j, 1 + j], applied in the seed's order
-        if b > 0:
-            image = TF.adjust_brightness(image, _uniform(g, 1 - b, 1 + b))
-        if c > 0:
-            image = TF.adjust_contrast(image, _uniform(g, 1 - c, 1 + c))
-        if s > 0:
-            image = TF.adjust_saturation(image, _uniform(g, 1 - s, 1 + s))
+        image = _jitter(image, cfg.color_jitter, g)
         return _normalize(image, cfg.mean, cfg.std), mask.long()
 
 
