@@ -40,7 +40,7 @@ from deeplab.model import build_model
 from deeplab.schedule import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {"resnet50": "configs/cityscapes_r50_seed.yaml", "resnet101": "configs/cityscapes_r101_seed.yaml"}
+CONFIGS = {"resnet50": "configs/cityscapes_r50_clean.yaml", "resnet101": "configs/cityscapes_r101_clean.yaml"}
 GOAL = 1.0
 CPU = torch.device("cpu")
 

@@ -1,4 +1,4 @@
-"""``python -m deeplab``: train, evaluate, score, info, data synth/download, weights prefetch.
+"""``python -m deeplab``: train, evaluate, score, info, deviations, data synth/download, weights prefetch.
 
 Each subcommand parses its arguments and hands them to one function; a DeeplabError becomes one line on
 stderr and exit status 2.
@@ -64,6 +64,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deviations(args: argparse.Namespace) -> int:
+    from deeplab.config import load_config
+    from deeplab.fidelity import deviations_markdown, docs_markdown
+
+    if args.docs:
+        text = docs_markdown(Path(__file__).resolve().parents[1] / "configs")
+        tmp = Path(f"{args.docs}.tmp")
+        tmp.write_text(text)
+        tmp.replace(args.docs)
+        print(f"wrote {args.docs}")
+    if args.config:
+        print(deviations_markdown(load_config(args.config, args.set), args.config), end="")
+    if not (args.docs or args.config):
+        raise DeeplabError("deviations: give a CONFIG, --docs PATH or both")
+    return 0
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from deeplab.data.synth import synthesize
 
@@ -120,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="parameters, FLOPs and output stride as JSON")
     with_config(p)
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser(
+        "deviations", help="the seed's recipe beside a config: what differs and the flag that removes it"
+    )
+    p.add_argument("config", nargs="?", help="YAML config file (see configs/)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. model.align_corners=true"
+    )
+    p.add_argument("--docs", metavar="PATH", help="(re)generate the tables of every configs/cityscapes_*.yaml preset")
+    p.set_defaults(func=_cmd_deviations)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write a synthetic dataset in the official Cityscapes layout")

@@ -18,6 +18,11 @@ ITER_TIME = "time/iter_s"
 VAL_MIOU = "val/mIoU"
 VAL_MIOU_SEED = "val/mIoU_seed_metric"
 VAL_IOU_PREFIX = "val/IoU/"  # + class name with spaces as underscores, e.g. val/IoU/traffic_light
+# train.log_best_of_val (the seed fork's protocol): the best val/mIoU of the N validations so far, the step it came
+# from, and N. Selected on val itself, so optimistic: never the run's result, only a labelled best-of-N figure.
+VAL_MIOU_BEST = "val/mIoU_best_selected_on_val"
+VAL_MIOU_BEST_STEP = "val/mIoU_best_selected_on_val_step"
+VAL_MIOU_BEST_N = "val/mIoU_best_selected_on_val_n"
 
 # Artifact paths (relative to the run's artifact root).
 ARTIFACT_CONFIG = "config.yaml"

@@ -21,6 +21,9 @@ from deeplab.tracking import (
     ARTIFACT_OVERLAYS,
     ARTIFACT_PER_IMAGE,
     VAL_MIOU,
+    VAL_MIOU_BEST,
+    VAL_MIOU_BEST_N,
+    VAL_MIOU_BEST_STEP,
     VAL_MIOU_SEED,
     Tracker,
     iou_metric_name,
@@ -50,6 +53,21 @@ def _write_class_table(path: Path, result: EvalResult) -> None:
         writer.writerow(["mIoU", f"{m.miou:.6f}", f"{m.miou_seed:.6f}"])
 
 
+def best_of_val(run_dir: Path, iteration: int) -> dict[str, float]:
+    """The best single-scale mIoU over this run's validations up to ``iteration``, read from their class tables
+    (so a resumed run needs no extra state: tables after the checkpoint are rewritten as it replays)."""
+    best, n = (-math.inf, -1), 0
+    for table in (run_dir / "val").glob("iter_*/classes.csv"):
+        step = int(table.parent.name.removeprefix("iter_"))
+        if step > iteration:
+            continue
+        with open(table, newline="") as fh:
+            miou = float(next(row for row in csv.reader(fh) if row[0] == "mIoU")[1])
+        n += 1
+        best = max(best, (miou, -step))  # ties: the earliest validation
+    return {VAL_MIOU_BEST: best[0], VAL_MIOU_BEST_STEP: float(-best[1]), VAL_MIOU_BEST_N: float(n)}
+
+
 def validate(
     cfg: Config,
     model: nn.Module,
@@ -77,6 +95,7 @@ def validate(
         device=info.device,
         amp=cfg.train.amp,
         num_classes=cfg.model.num_classes,
+        align_corners=cfg.model.align_corners,
         per_image=final and cfg.eval.per_image,
         on_prediction=keep_overlay,
     )
@@ -91,14 +110,17 @@ def validate(
             device=info.device,
             amp=cfg.train.amp,
             num_classes=cfg.model.num_classes,
+            align_corners=cfg.model.align_corners,
             per_image=False,
         )
         metrics.update(metrics_of(ms, prefix="val_ms"))
     if not info.is_main:
         return metrics
-    tracker.log_metrics(metrics, step=iteration)
     table = run_dir / "val" / f"iter_{iteration:06d}" / "classes.csv"
     _write_class_table(table, result)
+    if cfg.train.log_best_of_val:
+        metrics.update(best_of_val(run_dir, iteration))
+    tracker.log_metrics(metrics, step=iteration)
     tracker.log_artifact(table, f"val/iter_{iteration:06d}")
     if final:
         final_dir.mkdir(parents=True, exist_ok=True)
