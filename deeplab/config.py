@@ -75,6 +75,7 @@ class ModelConfig:
     head_init: Literal["fan_out_relu", "fan_in_a1"] = "fan_out_relu"  # seed: kaiming_normal_(a=1), fan_in
     head_leaky_slope: float = 0.0  # 0 = ReLU after each head norm (seed: leaky ReLU 0.01)
     backbone_leaky_slope: float = 0.0  # stem and bottleneck bn1/bn2 (seed: 0.01; the residual sum stays ReLU)
+    local_residual_bn: bool = False  # bn3 and downsample norms per GPU even with sync_bn (Feb-2019 code, the fork)
 
 
 @dataclass
@@ -156,6 +157,7 @@ HASHED_WHEN_SET = frozenset(
         "model.head_init",
         "model.head_leaky_slope",
         "model.backbone_leaky_slope",
+        "model.local_residual_bn",
         "optim.no_decay_backbone",
         "train.log_best_of_val",
     }

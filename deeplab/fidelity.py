@@ -109,6 +109,12 @@ ASPECTS: tuple[_Aspect, ...] = (
         {"model.backbone_leaky_slope": 0.01},
     ),
     _Aspect(
+        "norm synchronisation",
+        "every norm across GPUs (Feb-2019 and fork: bn3/downsample per-GPU BatchNorm2d)",
+        {"model.sync_bn": True, "model.local_residual_bn": False},
+        lambda c: "none" if not c.model.sync_bn else ("all but bn3/downsample" if c.model.local_residual_bn else "all"),
+    ),
+    _Aspect(
         "weight decay",
         "5e-4; exempt: backbone BN (Feb-2019: the whole backbone, a bug; fork: nothing)",
         {
@@ -165,8 +171,7 @@ ASPECTS: tuple[_Aspect, ...] = (
 CANNOT_MATCH: tuple[Deviation, ...] = (
     Deviation(
         "normalisation kernel",
-        "InPlaceABNSync: a compiled CUDA kernel fusing synchronised BN and leaky ReLU, scale |γ|+ε; "
-        "Feb-2019 and fork: bn3/downsample are plain per-GPU BatchNorm2d",
+        "InPlaceABNSync: a compiled CUDA kernel fusing synchronised BN and leaky ReLU, scale |γ|+ε",
         "BatchNorm2d (SyncBatchNorm across ranks with model.sync_bn) + the activation above",
         "cannot",
         "the kernel needs nvcc at run time; same function up to |γ|+ε and rounding",

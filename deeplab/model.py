@@ -20,6 +20,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from deeplab.checkpoint import weights_of
 from deeplab.config import ModelConfig
 from deeplab.errors import DeeplabError
+from deeplab.norm import LocalBatchNorm2d
 
 _RESNETS = {  # blocks per stage, ImageNet weights
     "resnet50": ([3, 4, 6, 3], ResNet50_Weights.IMAGENET1K_V1),
@@ -46,18 +47,25 @@ class _Bottleneck(Bottleneck):
         return self.relu(out)
 
 
-def _resnet(backbone: str, output_stride: int, dilate_first_block: bool, leaky_slope: float) -> ResNet:
+def _resnet(
+    backbone: str, output_stride: int, dilate_first_block: bool, leaky_slope: float, local_residual_bn: bool
+) -> ResNet:
     dilate = [False, output_stride == 8, True]
     resnet = ResNet(_Bottleneck, _RESNETS[backbone][0], replace_stride_with_dilation=dilate)
     if dilate_first_block:  # the seed dilates every block of a dilated stage; torchvision keeps the first at 1
         for layer, dilated in zip((resnet.layer2, resnet.layer3, resnet.layer4), dilate, strict=True):
             if dilated:
                 layer[0].conv2.dilation = layer[0].conv2.padding = layer[1].conv2.dilation
+    blocks = [m for m in resnet.modules() if isinstance(m, _Bottleneck)]
     if leaky_slope > 0:  # the seed: InPlaceABN's leaky ReLU after the stem and bn1/bn2 of every block
         resnet.relu = _activation(leaky_slope)
-        for block in resnet.modules():
-            if isinstance(block, _Bottleneck):
-                block.inner_act = _activation(leaky_slope)
+        for block in blocks:
+            block.inner_act = _activation(leaky_slope)
+    if local_residual_bn:  # the seed's Feb-2019 code and the fork: plain per-GPU BatchNorm2d there
+        for block in blocks:
+            block.bn3 = LocalBatchNorm2d(block.bn3.num_features)
+            if block.downsample is not None:
+                block.downsample[1] = LocalBatchNorm2d(block.downsample[1].num_features)
     return resnet
 
 
@@ -154,6 +162,7 @@ class DeepLabV3Plus(nn.Module):
         head_init: str = "fan_out_relu",
         head_leaky_slope: float = 0.0,
         backbone_leaky_slope: float = 0.0,
+        local_residual_bn: bool = False,
     ) -> None:
         super().__init__()
         if backbone not in _RESNETS:
@@ -163,7 +172,7 @@ class DeepLabV3Plus(nn.Module):
         if head_init not in _INITS:
             raise DeeplabError(f"model.head_init: unknown init {head_init!r} (expected one of {list(_INITS)})")
         self.align_corners = align_corners
-        resnet = _resnet(backbone, output_stride, dilate_first_block, backbone_leaky_slope)
+        resnet = _resnet(backbone, output_stride, dilate_first_block, backbone_leaky_slope, local_residual_bn)
         self.backbone = IntermediateLayerGetter(resnet, return_layers={"layer4": "out", "layer1": "low"})
         rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
         conv = {"bias": head_conv_bias, "slope": head_leaky_slope}

@@ -58,23 +58,25 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         return out + self.bias[None, :, None, None] if self.affine else out
 
 
+class LocalBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d that ``convert_sync_batchnorm`` leaves per-GPU (the seed's Feb-2019 residual-branch norms)."""
+
+
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """Replace BatchNorm2d layers by their synchronised version for ``device`` (call before wrapping in DDP)."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return _convert_cpu(module)
+    """Replace BatchNorm2d layers (but LocalBatchNorm2d) by their synchronised version for ``device`` (call
+    before wrapping in DDP)."""
+    return _convert(module, nn.SyncBatchNorm if device.type == "cuda" else CpuSyncBatchNorm)
 
 
-def _convert_cpu(module: nn.Module) -> nn.Module:
-    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, CpuSyncBatchNorm):
-        new = CpuSyncBatchNorm(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
-        )
+def _convert(module: nn.Module, sync: type[nn.Module]) -> nn.Module:
+    plain = isinstance(module, nn.BatchNorm2d) and not isinstance(module, (CpuSyncBatchNorm, LocalBatchNorm2d))
+    if plain:
+        new = sync(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
         ref = module.weight if module.affine else module.running_mean
         new = new.to(device=ref.device, dtype=ref.dtype)
         new.load_state_dict(module.state_dict())
         new.train(module.training)
         return new
     for name, child in module.named_children():
-        setattr(module, name, _convert_cpu(child))
+        setattr(module, name, _convert(child, sync))
     return module

@@ -203,6 +203,7 @@ def test_seed_presets_match_every_aspect_a_flag_can_reach() -> None:
         r.aspect: r.remedy for r in deviations(load_config(CONFIGS / "cityscapes_r50_fork.yaml")) if r.match == "no"
     }
     assert fork == {
+        "norm synchronisation": "model.local_residual_bn=false",
         "weight decay": "optim.no_decay_bn=backbone",
         "iterations": "train.iterations=41000",
         "final evaluation": "eval.scales=[0.5, 0.75, 1, 1.25, 1.5, 1.75] eval.flip=true",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from torchvision.models import resnet50
 from deeplab.config import load_config
 from deeplab.evaluate import predict
 from deeplab.model import ASPP, DeepLabV3Plus, _Bottleneck, count_params, model_kwargs
+from deeplab.norm import CpuSyncBatchNorm, LocalBatchNorm2d, _convert
 
 SEED_FLAGS = {
     "align_corners": True,
@@ -158,6 +161,19 @@ def test_leaky_slopes_reach_the_seeds_activations() -> None:
     after_bn1, output = inputs
     assert after_bn1.min() < 0  # leaky after bn1 lets negatives through
     assert output.min() >= 0  # the residual sum keeps ReLU, as in the seed's Bottleneck
+
+
+def test_local_residual_norms_stay_per_gpu_when_the_rest_syncs() -> None:
+    # the seed's Feb-2019 code and the fork: bn3 and downsample are plain BatchNorm2d, the other norms synced
+    seed, clean = DeepLabV3Plus(backbone="resnet50", local_residual_bn=True), DeepLabV3Plus(backbone="resnet50")
+    assert seed.state_dict().keys() == clean.state_dict().keys()
+    for sync in (CpuSyncBatchNorm, nn.SyncBatchNorm):  # CPU (gloo) and CUDA conversions; no GPU needed to build
+        model = _convert(copy.deepcopy(seed), sync)
+        block = model.backbone.layer1[0]
+        assert type(block.bn3) is LocalBatchNorm2d and type(block.downsample[1]) is LocalBatchNorm2d
+        assert type(block.bn1) is sync and type(model.backbone.bn1) is sync and type(model.aspp.project[1]) is sync
+        converted = _convert(copy.deepcopy(clean), sync)
+        assert not any(type(m) in (nn.BatchNorm2d, LocalBatchNorm2d) for m in converted.modules())
 
 
 def test_defaults_are_torchvisions_resnet_and_the_clean_head() -> None:
