@@ -3,24 +3,18 @@
 The seed is CoinCheung/DeepLab-v3-plus-cityscapes at HEAD 5be4dee (its model, optimizer and data code are those
 of the late-2019 commits; later commits changed only the evaluator and README). Where its Feb-2019 code (behind
 the README's 80.12) or the konami86 res50 fork (behind the 78.398) differ, the seed column says so.
-``deviations(cfg)`` returns the rows, ``deviations_markdown(cfg)`` a table; ``config_from_params`` rebuilds a
-run's Config from its flattened MLflow params so the analysis can print the table beside a run's results.
+``deviations(cfg)`` returns the rows, ``deviations_markdown(cfg)`` a table; with ``deeplab.params.config_from_params``
+the analysis prints the table of a run from its MLflow params, beside its results.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import yaml
-
-from deeplab.config import Config, config_hash, from_dict, load_config
-from deeplab.errors import DeeplabError
+from deeplab.config import Config, config_hash, load_config
 
 SEED = "CoinCheung/DeepLab-v3-plus-cityscapes HEAD 5be4dee"
 SEED_WEIGHT_FILES = ("resnet101-5d3b4d8f.pth", "resnet50-19c8e357.pth")  # torchvision's 2017 files
@@ -31,7 +25,7 @@ class Deviation:
     aspect: str
     seed: str  # what the seed does
     this: str  # what the config does
-    match: str  # "yes", "no", "cannot" (no flag can remove it) or "unverified"
+    match: str  # "yes", "no", "cannot" (no flag can remove it), "unverified" or "axis" (the study's variable)
     remedy: str  # the setting that removes it, or why none does
     settings: dict[str, Any] = field(default_factory=dict)  # the remedy as config overrides (dotted keys)
 
@@ -202,9 +196,10 @@ CANNOT_MATCH: tuple[Deviation, ...] = (
 
 
 def deviations(cfg: Config) -> list[Deviation]:
-    """One row per aspect of the seed's recipe (``match`` "yes", "no" or "unverified"), then what no flag can
-    match (``match`` "cannot")."""
-    return [_weights_row(cfg)] + [_row(a, cfg) for a in ASPECTS] + list(CANNOT_MATCH)
+    """One row per aspect of the seed's recipe (``match`` "yes", "no", "unverified" or "axis"), then what no
+    flag can match (``match`` "cannot")."""
+    backbone = Deviation("backbone", "ResNet-101 (fork: ResNet-50)", cfg.model.backbone, "axis", "")
+    return [backbone, _weights_row(cfg)] + [_row(a, cfg) for a in ASPECTS] + list(CANNOT_MATCH)
 
 
 def _row(a: _Aspect, cfg: Config) -> Deviation:
@@ -231,67 +226,10 @@ def deviations_markdown(cfg: Config, title: str | None = None) -> str:
     head = [f"### {title}", ""] if title else []
     lines = [*head, "| aspect | seed | this config | match | to match |", "|---|---|---|---|---|"]
     for row in deviations(cfg):
-        match = row.match if row.match in ("yes", "cannot") else f"**{row.match}**"
+        match = row.match if row.match in ("yes", "cannot", "axis") else f"**{row.match}**"
         cells = [row.aspect, row.seed, row.this, match, row.remedy]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def config_from_params(params: Mapping[str, Any]) -> Config:
-    """A run's Config from its flattened params as MLflow stores them (strings; other keys such as ``info.*``
-    are skipped; keys a run predates take their defaults)."""
-    nested: dict[str, Any] = {}
-    for key, value in params.items():
-        tp = _field_type(key)
-        if tp is _MISSING:
-            continue
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if node is None:
-                break
-        else:
-            node[leaf] = _parse(key, value, tp)
-    return from_dict(nested)
-
-
-_MISSING = object()
-
-
-def _field_type(dotted: str) -> Any:
-    tp: Any = Config
-    for part in dotted.split("."):
-        tp = _unwrap_optional(tp)
-        if not dataclasses.is_dataclass(tp):
-            return _MISSING
-        hints = typing.get_type_hints(tp)
-        if part not in hints:
-            return _MISSING
-        tp = hints[part]
-    return tp
-
-
-def _unwrap_optional(tp: Any) -> Any:
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1 else tp
-
-
-def _parse(key: str, value: Any, tp: Any) -> Any:
-    """MLflow keeps ``str(value)``: strings stay as they are, None is "None", the rest reads back as YAML."""
-    if not isinstance(value, str):
-        return value
-    if value == "None":
-        return None
-    inner = _unwrap_optional(tp)
-    if inner is str or (
-        typing.get_origin(inner) is Literal and all(isinstance(a, str) for a in typing.get_args(inner))
-    ):
-        return value
-    try:
-        return yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise DeeplabError(f"run param {key}: {value[:60]!r} is not a value of this config") from None
 
 
 def docs_markdown(config_dir: Path) -> str:
@@ -304,7 +242,7 @@ def docs_markdown(config_dir: Path) -> str:
         "Generated by `python -m deeplab deviations --docs docs/deviations.md` from `deeplab/fidelity.py`; do not "
         f"edit by hand. The seed is {SEED}; `to match` names the setting that removes a deviation. Rows marked "
         "`cannot` hold for every preset. The analysis gets the same table for a run with "
-        "`deviations_markdown(config_from_params(run.params))`.",
+        "`deviations_markdown(deeplab.params.config_from_params(run.data.params))`.",
         "",
     ]
     for path in presets:

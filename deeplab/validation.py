@@ -55,7 +55,8 @@ def _write_class_table(path: Path, result: EvalResult) -> None:
 
 def best_of_val(run_dir: Path, iteration: int) -> dict[str, float]:
     """The best single-scale mIoU over this run's validations up to ``iteration``, read from their class tables
-    (so a resumed run needs no extra state: tables after the checkpoint are rewritten as it replays)."""
+    (to their 6 decimals; a resumed run needs no extra state: tables after the checkpoint are rewritten as it
+    replays)."""
     best, n = (-math.inf, -1), 0
     for table in (run_dir / "val").glob("iter_*/classes.csv"):
         step = int(table.parent.name.removeprefix("iter_"))

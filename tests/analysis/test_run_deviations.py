@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 from mlflow.tracking import MlflowClient
 
 from deeplab.config import config_hash
-from deeplab.fidelity import config_from_params, deviations_markdown
+from deeplab.fidelity import deviations_markdown
+from deeplab.params import config_from_params
 
 if TYPE_CHECKING:
     from conftest import SweepStore

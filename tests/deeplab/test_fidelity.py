@@ -14,8 +14,9 @@ from deeplab.config import HASHED_WHEN_SET, Config, DataConfig, config_hash, fla
 from deeplab.data.transforms import TrainTransform
 from deeplab.engine import train
 from deeplab.errors import DeeplabError
-from deeplab.fidelity import config_from_params, deviations, deviations_markdown, docs_markdown
+from deeplab.fidelity import deviations, deviations_markdown, docs_markdown
 from deeplab.model import DeepLabV3Plus
+from deeplab.params import config_from_params
 from deeplab.schedule import build_optimizer
 from deeplab.tracking import VAL_MIOU, VAL_MIOU_BEST, VAL_MIOU_BEST_N, VAL_MIOU_BEST_STEP, JsonlTracker
 from deeplab.validation import best_of_val
@@ -185,7 +186,8 @@ def test_seed_presets_match_every_aspect_a_flag_can_reach() -> None:
     for name in ("cityscapes_r50_seed.yaml", "cityscapes_r101_seed.yaml"):
         rows = {r.aspect: r for r in deviations(load_config(CONFIGS / name))}
         assert {a: r.match for a, r in rows.items() if r.match not in ("yes", "cannot")} == {
-            "pretrained weights": "unverified"
+            "backbone": "axis",
+            "pretrained weights": "unverified",
         }
     clean = {r.aspect for r in deviations(load_config(CONFIGS / "cityscapes_r50_clean.yaml")) if r.match == "no"}
     assert clean == {
@@ -223,7 +225,10 @@ def test_table_reads_the_config() -> None:
     rows = {r.aspect: r for r in deviations(cfg)}
     assert rows["dilated stage blocks"].this == "layer3 2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2; layer4 4,4,4"
     model = DeepLabV3Plus(backbone="resnet50", output_stride=8, dilate_first_block=False)
-    text = deviations(load_config(CONFIGS / "cityscapes_r50_clean.yaml", ["model.output_stride=8"]))[2].this
+    rows = {
+        r.aspect: r for r in deviations(load_config(CONFIGS / "cityscapes_r50_clean.yaml", ["model.output_stride=8"]))
+    }
+    text = rows["dilated stage blocks"].this
     assert text == "layer3 1," + ",".join(["2"] * 5) + "; layer4 2,4,4"
     assert [b.conv2.dilation[0] for b in model.backbone.layer4] == [2, 4, 4]
     md = deviations_markdown(cfg, "r101")
