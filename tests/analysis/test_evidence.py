@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.evidence import gather_evidence, verdict_sentences
+from analysis.evidence import evidence_run_sd, gather_evidence, verdict_sentences
 from analysis.pairs import matched_pairs, pool_pairs
 from analysis.published import published_frame
 
@@ -65,13 +65,14 @@ def test_the_verdict_quotes_the_logs_and_the_protocols() -> None:
     ev = gather_evidence(run_sd=0.3)
     lines = verdict_sentences(ev, margin=0.5)
     assert "best-of-141-on-val" in lines[0] and "78.40 after iteration 59100" in lines[0] and "+0.08" in lines[0]
-    assert "77.75 after 60000" in lines[1] and "77.79 after 41000" in lines[1] and "0.73 and 0.69 points below" in lines[1]
+    assert (
+        "77.75 after 60000" in lines[1] and "77.79 after 41000" in lines[1] and "0.73 and 0.69 points below" in lines[1]
+    )
     assert f"±{1.959964 * math.sqrt(2) * 0.3:.2f} points (run-to-run sd 0.30 assumed)" in lines[1]
     assert "res101 leads by about 0.6 points" in lines[-1] and "not shown" in lines[-1]
     assert ev.run_sd_source == "--run-sd"
-    assert gather_evidence().run_sd == pytest.approx(
-        math.sqrt(sum(b.noise.sigma**2 for b in ev.biases.values()) / 2)
-    )
+    assert (ev.pairs.ci_high - ev.pairs.delta).to_numpy() == pytest.approx(1.959964 * math.sqrt(2) * 0.3)
+    assert evidence_run_sd(ev.biases) == pytest.approx(math.sqrt(sum(b.noise.sigma**2 for b in ev.biases.values()) / 2))
 
 
 @pytest.fixture(scope="module")
