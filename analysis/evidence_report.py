@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import evidence_figures
+from analysis.errors import AnalysisError
 from analysis.evidence import Evidence, gather_evidence, verdict_sentences
 from analysis.fork_logs import fork_meta, fork_progress, fork_summary
 from analysis.html import markdown_table, markdown_to_html
@@ -20,7 +21,14 @@ K_LAST = 10
 def write_evidence(out: Path, run_sd: float | None = None, margin: float = 0.5) -> Path:
     """Write ``out/report.md``, ``out/report.html`` and ``out/figures/``; returns report.md's path."""
     out = Path(out)
-    ev = gather_evidence(run_sd)
+    try:
+        out.mkdir(parents=True, exist_ok=True)  # before the work: a bad --out fails at once
+        return _write(out, gather_evidence(run_sd), margin)
+    except OSError as err:
+        raise AnalysisError(f"evidence: cannot write {err.filename or out} ({err.strerror})") from None
+
+
+def _write(out: Path, ev: Evidence, margin: float) -> Path:
     figures = out / "figures"
     res101 = ev.family[ev.family.backbone == "resnet101"]
     evidence_figures.fork_curves_figure(ev.validations, ev.biases, res101, figures, K_LAST)

@@ -67,11 +67,14 @@ def extract_fork_logs(log_dir: Path, out: Path = DATA) -> list[Path]:
         PROGRESS: pd.DataFrame(progress, columns=["log", "iteration", "lr", "loss", "seconds"]).to_csv(index=False),
     }
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in texts.items():
-        (out / f".{name}.tmp").write_text(text)
-    for name in texts:
-        os.replace(out / f".{name}.tmp", out / name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in texts.items():
+            (out / f".{name}.tmp").write_text(text)
+        for name in texts:
+            os.replace(out / f".{name}.tmp", out / name)
+    except OSError as err:
+        raise AnalysisError(f"fork-data: cannot write {err.filename or out} ({err.strerror})") from None
     return [out / name for name in texts]
 
 

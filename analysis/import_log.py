@@ -58,6 +58,9 @@ def _record_run(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from experiments.store import check_reachable
+
+    check_reachable(uri)  # fails in seconds, naming the URI (MLflow would create a missing sqlite directory)
     client = MlflowClient(uri)
 
     def finished() -> list:  # also deletes leftovers of killed imports of this key

@@ -165,7 +165,8 @@ def _render(experiment, runs_all, runs, summary, summary_seed, published, cells,
     lines += [
         "",
         f"Equivalence: Welch TOST on the per-seed final mIoU with margin ±{margin:g} points (α = 0.05; "
-        "the 90% CI inside the margin). Image CI: paired bootstrap over validation images, seeds pooled.",
+        "the 90% CI inside the margin). Image CI: paired bootstrap over validation images, seeds pooled. "
+        "Protocol, both sides: each run's final model (its last validation), nothing selected on val.",
         "",
     ]
     lines += ["## Final val mIoU (single scale, official metric), mean over seeds", "", _table(summary), ""]

@@ -117,3 +117,12 @@ def test_the_html_page_is_self_contained_and_says_the_same(report: Path) -> None
             plain = line[2:].split("`")[0].replace("&", "&amp;").replace("<", "&lt;")
             assert plain in page
     assert page.count("<tr>") == text.count("\n|") - text.count("\n|---")
+
+
+def test_an_unwritable_out_is_one_line(tmp_path: Path) -> None:
+    from analysis.errors import AnalysisError
+    from analysis.evidence_report import write_evidence
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(AnalysisError, match=r"evidence: cannot write .*file/out"):
+        write_evidence(tmp_path / "file" / "out")
