@@ -1,11 +1,13 @@
-"""``python -m analysis``: report, import-log."""
+"""``python -m analysis``: report, evidence, import-log, fork-data."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from analysis.seed_log import SEED_EPOCH_ITERATIONS
 from deeplab.errors import DeeplabError
 
 
@@ -28,9 +30,48 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_import_log(args: argparse.Namespace) -> int:
     from analysis.import_log import import_log
 
-    run_id = import_log(Path(args.file), _uri(args.tracking_uri), args.experiment, args.backbone, args.iterations)
-    print(f"imported {args.file} as MLflow run {run_id}")
+    done = import_log(
+        Path(args.file),
+        _uri(args.tracking_uri),
+        args.experiment,
+        args.backbone,
+        args.iterations,
+        percent=args.percent,
+        epoch_iterations=args.epoch_iterations,
+        evaluator=args.evaluator,
+    )
+    verb = "imported" if done.created else "already imported:"
+    print(f"{verb} {args.file} as MLflow run {done.run_id} ({done.iterations} iterations; {done.result})")
     return 0
+
+
+def _cmd_evidence(args: argparse.Namespace) -> int:
+    from analysis.evidence_report import write_evidence
+
+    path = write_evidence(Path(args.out), run_sd=args.run_sd, margin=args.margin)
+    print(f"evidence report written to {path} (self-contained page: {path.with_suffix('.html')})")
+    return 0
+
+
+def _cmd_fork_data(args: argparse.Namespace) -> int:
+    from analysis.fork_logs import DATA, extract_fork_logs
+
+    for path in extract_fork_logs(Path(args.log_dir), Path(args.out) if args.out else DATA):
+        print(f"wrote {path}")
+    return 0
+
+
+def _positive(kind: type) -> Callable[[str], float | int]:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,13 +84,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=_cmd_report)
+    p = sub.add_parser("evidence", help="what public evidence says (the fork's logs, published pairs): no sweep")
+    p.add_argument("--out", required=True)
+    p.add_argument("--margin", type=_positive(float), default=0.5, help="equivalence margin in mIoU points")
+    p.add_argument(
+        "--run-sd", type=_positive(float), default=None, help="run-to-run sd in points (default: from the fork logs)"
+    )
+    p.set_defaults(func=_cmd_evidence)
     p = sub.add_parser("import-log", help="import a training log in the seed's format as an MLflow run")
     p.add_argument("file")
     p.add_argument("--experiment", required=True)
     p.add_argument("--backbone", required=True, choices=["resnet50", "resnet101"])
-    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--iterations", type=_positive(int), default=None, help="the schedule (default: from the log)")
+    p.add_argument("--percent", action="store_true", help="the log prints mIoU in percent, not as a fraction")
+    p.add_argument(
+        "--epoch-iterations",
+        type=_positive(int),
+        default=SEED_EPOCH_ITERATIONS,
+        help="iterations per epoch, to place validations that no progress line precedes (default: %(default)s, "
+        "the seed's 2975 images / batch 8)",
+    )
+    p.add_argument(
+        "--evaluator",
+        choices=["unknown", "official"],
+        default="unknown",
+        help="official: the log's mIoU has the official semantics (logged as val/mIoU, else val/mIoU_seed_metric)",
+    )
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=_cmd_import_log)
+    p = sub.add_parser("fork-data", help="regenerate analysis/data/seed_fork_* from the seed fork's two logs")
+    p.add_argument("log_dir", help="the folder with slurm-11413.out and slurm-11311.out")
+    p.add_argument("--out", default=None, help="default: the package's analysis/data")
+    p.set_defaults(func=_cmd_fork_data)
     return parser
 
 

@@ -15,7 +15,7 @@ from scipy import stats as sps
 COLOURS = {"resnet50": "tab:blue", "resnet101": "tab:orange"}
 
 
-def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+def save_figure(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.svg"]
     for path in paths:
@@ -50,7 +50,7 @@ def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, out: Path, metric: s
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("val mIoU (%)")
     axes[0][-1].legend(loc="lower right")
-    return _save(fig, out, "curves")
+    return save_figure(fig, out, "curves")
 
 
 def final_vs_schedule_figure(summary: pd.DataFrame, published: pd.DataFrame, out: Path) -> list[Path]:
@@ -90,7 +90,7 @@ def final_vs_schedule_figure(summary: pd.DataFrame, published: pd.DataFrame, out
     ax.set_ylabel("val mIoU (%) single scale")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return _save(fig, out, "final_vs_schedule")
+    return save_figure(fig, out, "final_vs_schedule")
 
 
 def per_class_delta_figure(per_class: pd.DataFrame, runs: pd.DataFrame, out: Path) -> list[Path]:
@@ -105,7 +105,7 @@ def per_class_delta_figure(per_class: pd.DataFrame, runs: pd.DataFrame, out: Pat
         ax.barh(delta.index, delta.to_numpy(), color=np.where(delta.to_numpy() >= 0, "tab:blue", "tab:orange"))
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel(f"Δ IoU res50 − res101 (points), {int(longest)} iterations")
-    return _save(fig, out, "per_class_delta")
+    return save_figure(fig, out, "per_class_delta")
 
 
 def cost_figure(runs: pd.DataFrame, out: Path) -> list[Path]:
@@ -125,4 +125,4 @@ def cost_figure(runs: pd.DataFrame, out: Path) -> list[Path]:
         ax2.bar(x + 0.2, cost.gflops, 0.4, label="GFLOPs / forward at the crop")
         ax2.set_xticks(x, cost.index)
         ax2.legend(fontsize=8)
-    return _save(fig, out, "cost")
+    return save_figure(fig, out, "cost")

@@ -1,84 +1,205 @@
-"""Import a training log in the seed's format into an MLflow run (loss and lr curves, the final mIoU).
+"""Import a training log in the seed's format as one MLflow run: loss/lr curves and every validation as a curve.
 
-Both versions of the seed's progress line are read, with or without the file handler's
-``LEVEL file(line): `` prefix, amid interleaved noise (tqdm bars with carriage returns, warnings, tracebacks):
-``it: 50/41000, lr: 0.000255, loss: 1.2345, eta: 13:01:02, time: 25.1234`` and
-``iter: 100/41000, lr: 0.000011, loss: 0.8123, eta: 1 day, 2:03:04, time: 110.1234``; the final
-``mIOU is: 0.8012…`` is logged as ``val/mIoU_seed_metric`` (which evaluator version produced it is unknown).
+The run says which number a reader takes as "the result": the seed's train.py keeps the best validation
+(``Get a new best …`` lines), so its result is the best of N validations selected on val, not a final model.
+Importing the same log again (same content and options) returns the existing run.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.entities import Metric, Param
-from mlflow.tracking import MlflowClient
-
 from analysis.errors import AnalysisError
-from deeplab.tracking import TRAIN_LOSS, TRAIN_LR, VAL_MIOU_SEED
+from analysis.seed_log import SEED_EPOCH_ITERATIONS, SeedLog, parse_seed_log
+from deeplab.tracking import ITER_TIME, TRAIN_LOSS, TRAIN_LR, VAL_MIOU, VAL_MIOU_SEED
 
-PROGRESS = re.compile(
-    r"\b(?:it|iter): (\d+)/(\d+), lr: ([-+0-9.eE]+), loss: ([-+0-9.eE]+|nan|-?inf), eta: [^,]*?(?:, [^,]*?)?, "
-    r"time: ([0-9.]+)"
+KEY_TAG = "import.key"
+STALE_S = 600  # an unfinished import of the same key older than this is a leftover of a killed import
+EVALUATORS = {
+    "official": (VAL_MIOU, "the official semantics (the seed's 2019 bincount evaluator over train-id predictions)"),
+    "unknown": (VAL_MIOU_SEED, "seed evaluator (version unknown: see the seed's metric history)"),
+}
+RULE = (
+    "a validation belongs to the iteration of the last progress line printed before it (at most one log interval "
+    "early); with none before it, epoch × iterations per epoch"
 )
-MIOU = re.compile(r"mIOU is: ([0-9]*\.[0-9]+)")
 
 
 @dataclass
-class SeedLog:
-    points: list[tuple[int, float, float]] = field(default_factory=list)  # (iteration, lr, loss)
-    total: int | None = None
-    miou: float | None = None
+class Imported:
+    run_id: str
+    created: bool  # False: the same log was imported before
+    log: SeedLog
+    iterations: int
+    result: str  # what a reader takes as the result, in words
 
 
-def parse_seed_log(text: str) -> SeedLog:
-    """Progress points and the final mIoU; lines that are not the seed's are ignored."""
-    log = SeedLog()
-    for line in re.split(r"[\r\n]+", text):
-        if m := PROGRESS.search(line):
-            log.points.append((int(m[1]), float(m[3]), float(m[4])))
-            log.total = int(m[2])
-        elif m := MIOU.search(line):
-            log.miou = float(m[1])
-    return log
+def _record_run(
+    uri: str,
+    experiment: str,
+    *,
+    key: str,
+    run_name: str,
+    tags: dict[str, str],
+    params: dict[str, str],
+    metrics: list[tuple[str, float, int]],
+    status: str,
+) -> tuple[str, bool]:
+    """Write one run (tags, params, (key, value, step) points, status), idempotent by the ``import.key`` tag.
+
+    Every MLflow call of the importer is here. A run that fails half-way is deleted; of two concurrent imports
+    of one key, the first to finish is kept and the other deletes its own run. Returns (run id, created).
+    """
+    from mlflow.entities import Metric, Param
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from experiments.store import check_reachable
+
+    check_reachable(uri)  # fails in seconds, naming the URI (MLflow would create a missing sqlite directory)
+    client = MlflowClient(uri)
+
+    def finished() -> list:  # also deletes leftovers of killed imports of this key
+        runs = client.search_runs([eid], f"tags.`{KEY_TAG}` = '{key}'")
+        stale = [r for r in runs if r.info.status != "FINISHED" and r.info.start_time < (time.time() - STALE_S) * 1e3]
+        for r in stale:
+            client.delete_run(r.info.run_id)
+        return sorted((r for r in runs if r.info.status == "FINISHED"), key=lambda r: (r.info.end_time, r.info.run_id))
+
+    try:
+        found = client.get_experiment_by_name(experiment)
+        try:
+            eid = found.experiment_id if found else client.create_experiment(experiment)
+        except MlflowException:  # created meanwhile by a concurrent import
+            eid = client.get_experiment_by_name(experiment).experiment_id
+        if done := finished():
+            return done[0].info.run_id, False
+        run_id = client.create_run(eid, run_name=run_name, tags={**tags, KEY_TAG: key}).info.run_id
+        try:
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+            now = int(time.time() * 1000)
+            points = [Metric(k, v, now, step) for k, v, step in metrics]
+            for i in range(0, len(points), 1000):
+                client.log_batch(run_id, metrics=points[i : i + 1000])
+            client.set_terminated(run_id, status)
+        except BaseException:
+            client.delete_run(run_id)  # no half-imported run
+            raise
+        winner = finished()[0].info.run_id
+        if winner != run_id:
+            client.delete_run(run_id)
+        return winner, winner == run_id
+    except MlflowException as err:
+        raise AnalysisError(f"import-log: tracking store {uri}: {err.message.splitlines()[0]}") from None
 
 
-def import_log(path: Path, tracking_uri: str, experiment: str, backbone: str, iterations: int | None = None) -> str:
-    """Create one MLflow run from a seed log; a log with nothing to import creates nothing."""
+def _total(log: SeedLog, iterations: int | None, epoch_iterations: int, path: Path) -> tuple[int, str]:
+    """The run's train.iterations and where it came from (never 0)."""
+    last = max((v.iteration for v in log.validations), default=0)
+    if iterations is not None:
+        if iterations < max(last, log.progress[-1].iteration if log.progress else 0):
+            raise AnalysisError(f"import-log: --iterations {iterations} is below the log's last iteration in {path}")
+        return iterations, "--iterations"
+    if log.total:
+        return log.total, "progress lines (N/M)"
+    epochs = [v.epoch for v in log.validations if v.epoch is not None]
+    if epochs:
+        return max(epochs) * epoch_iterations, f"last epoch {max(epochs)} × {epoch_iterations} iterations per epoch"
+    raise AnalysisError(f"import-log: {path} has no progress line to read the iteration count from; pass --iterations")
+
+
+def _result(log: SeedLog, key: str) -> tuple[dict[str, str], list[tuple[str, float, int]]]:
+    """What a reader takes as the result (tags) and the best validation as a point."""
+    vals = log.validations
+    if vals and any(v.new_best for v in vals):
+        best = max(vals, key=lambda v: v.miou)
+        tags = {"result.reported": "best", "result.selection": f"best-of-{len(vals)}-on-val"}
+        tags |= {"result.selected_on": "val", "result.miou": repr(best.miou), "result.iteration": str(best.iteration)}
+        return tags, [(f"{key}_best", best.miou, best.iteration)]
+    if log.final_eval is not None:
+        return {"result.reported": "final evaluation", "result.selection": "final"}, []
+    if not vals:
+        return {"result.reported": "none (no validation in the log)", "result.selection": "unknown"}, []
+    return {"result.reported": "last", "result.selection": "final", "result.miou": repr(vals[-1].miou)}, []
+
+
+def import_log(
+    path: Path,
+    tracking_uri: str,
+    experiment: str,
+    backbone: str,
+    iterations: int | None = None,
+    *,
+    percent: bool = False,
+    epoch_iterations: int = SEED_EPOCH_ITERATIONS,
+    evaluator: str = "unknown",
+) -> Imported:
+    """Import one seed log as an MLflow run (or find the run of an earlier import of it)."""
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise AnalysisError(f"import-log: cannot read {path} ({err.strerror})") from None
-    log = parse_seed_log(raw.decode("utf-8", errors="replace"))
-    if not log.points and log.miou is None:
-        raise AnalysisError(f"import-log: {path} has no line in the seed's format ('iter: N/M, lr: …, loss: …')")
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    total = iterations or log.total or (log.points[-1][0] if log.points else 0)
-    digest = "seedlog-" + hashlib.sha256(raw).hexdigest()[:12]
-    run = client.create_run(
-        experiment_id,
-        run_name=f"seed-log {path.name}",
-        tags={
-            "source": "seed-log",
-            "config_hash": digest,
-            "log_file": str(path.resolve()),
-            "miou_metric": "seed evaluator (version unknown: see the seed's metric history)",
-        },
+    log = parse_seed_log(
+        raw.decode("utf-8", errors="replace"), percent=percent, epoch_iterations=epoch_iterations, where=str(path)
     )
-    now = int(time.time() * 1000)
-    metrics = [Metric(TRAIN_LR, lr, now, it) for it, lr, _ in log.points]
-    metrics += [Metric(TRAIN_LOSS, loss, now, it) for it, _, loss in log.points]
-    if log.miou is not None:
-        metrics.append(Metric(VAL_MIOU_SEED, log.miou, now, total))
-    params = [Param("model.backbone", backbone), Param("train.iterations", str(total))]
-    client.log_batch(run.info.run_id, params=params)
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run.info.run_id, metrics=metrics[i : i + 1000])
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+    if not log.progress and not log.validations and log.final_eval is None:
+        raise AnalysisError(f"import-log: {path} has no line in the seed's format ('iter: N/M, lr: …, loss: …')")
+    total, total_from = _total(log, iterations, epoch_iterations, path)
+    val_key, evaluator_words = EVALUATORS[evaluator]
+    metrics = [(TRAIN_LR, p.lr, p.iteration) for p in log.progress]
+    metrics += [(TRAIN_LOSS, p.loss, p.iteration) for p in log.progress]
+    metrics += [
+        (ITER_TIME, b.seconds / (b.iteration - a.iteration), b.iteration)
+        for a, b in zip(log.progress, log.progress[1:], strict=False)
+        if b.iteration > a.iteration
+    ]
+    metrics += [(val_key, v.miou, v.iteration) for v in log.validations]
+    if log.final_eval is not None:
+        metrics.append((val_key.replace("val/", "eval/", 1), log.final_eval, total))
+    result_tags, best = _result(log, val_key)
+    facts = {
+        "progress": [vars(p) for p in log.progress],
+        "validations": [(v.iteration, v.miou) for v in log.validations],
+    }
+    facts |= {"final": log.final_eval, "total": total, "backbone": backbone, "evaluator": evaluator}
+    key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+    tags = {
+        "source": "seed-log",
+        "config_hash": f"seedlog-{key[:12]}",
+        "log_file": path.name,
+        "log_sha256": hashlib.sha256(raw).hexdigest(),
+        "miou_metric": evaluator_words,
+        "validation_rule": RULE,
+        "log_truncated": str(log.truncated).lower(),
+        **result_tags,
+    }
+    params = {"model.backbone": backbone, "train.iterations": str(total), "import.iterations_from": total_from}
+    params |= {"import.validations": str(len(log.validations)), "import.epoch_iterations": str(epoch_iterations)}
+    run_id, created = _record_run(
+        tracking_uri,
+        experiment,
+        key=key,
+        run_name=f"seed-log {path.name}",
+        tags=tags,
+        params=params,
+        metrics=metrics + best,
+        status="FINISHED",
+    )
+    return Imported(run_id, created, log, total, _describe(log, result_tags))
+
+
+def _describe(log: SeedLog, tags: dict[str, str]) -> str:
+    n = len(log.validations)
+    if tags["result.reported"] == "best":
+        return f"{n} validations; result = the best, {float(tags['result.miou']):.4f} after iteration " + (
+            f"{tags['result.iteration']}, selected on val"
+        )
+    if tags["result.reported"] == "final evaluation":
+        return f"{n} validations; result = the final model's evaluation, {log.final_eval:.4f}"
+    if not n:
+        return "no validation (loss and lr curves only)"
+    return f"{n} validations; result = the last, {log.validations[-1].miou:.4f}"

@@ -12,13 +12,19 @@ import pandas as pd
 
 from analysis import figures
 from analysis.errors import AnalysisError
+from analysis.evidence_report import write_evidence
 from analysis.frames import curves_frame, per_class_frame, per_image_confusions, runs_frame
+from analysis.html import markdown_table as _table
 from analysis.html import markdown_to_html
 from analysis.published import published_deeplabv3plus
 from analysis.stats import BootstrapResult, TostResult, bootstrap_miou_delta, seed_summary, tost_equivalence
 from deeplab.tracking import VAL_MIOU, VAL_MIOU_SEED
 
 A, B = "resnet50", "resnet101"
+EVIDENCE_LINK = (
+    "\n## Public evidence\n\nWhat the seed fork's logs and the published pairs say, with no sweep: "
+    "[evidence/report.html](evidence/report.html) ([markdown](evidence/report.md)).\n"
+)
 
 
 @dataclass
@@ -98,24 +104,6 @@ def verdict_line(c: CellComparison, synthetic: bool) -> str:
     return text + "."
 
 
-def _table(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
-    frame = frame.copy()
-    for col in ("iterations", "seed", "n", "output_stride"):
-        if col in frame:
-            frame[col] = frame[col].astype("Int64").astype(str).replace("<NA>", "–")
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in frame.iterrows():
-        cells = [
-            format(v, floatfmt)
-            if isinstance(v, float) and not math.isnan(v)
-            else ("–" if isinstance(v, float) else str(v))
-            for v in row
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def write_report(experiment: str, tracking_uri: str, out: Path, margin: float = 0.5, n_boot: int = 2000) -> Path:
     """Write ``out/report.md``, ``out/report.html`` (self-contained) and the figures; returns report.md's path."""
     out = Path(out)
@@ -136,7 +124,9 @@ def write_report(experiment: str, tracking_uri: str, out: Path, margin: float = 
     figures.per_class_delta_figure(per_class, runs, fig_dir)
     figures.cost_figure(runs, fig_dir)
     text = _render(experiment, runs_all, runs, summary, summary_seed, published, cells, synthetic, margin)
+    text += EVIDENCE_LINK
     out.mkdir(parents=True, exist_ok=True)
+    write_evidence(out / "evidence", margin=margin)  # the public evidence, beside the sweep's own results
     page = markdown_to_html(text, out)
     for name, content in (("report.html", page), ("report.md", text)):  # report.md last: it marks completion
         tmp = out / f".{name}.tmp"
@@ -175,7 +165,8 @@ def _render(experiment, runs_all, runs, summary, summary_seed, published, cells,
     lines += [
         "",
         f"Equivalence: Welch TOST on the per-seed final mIoU with margin ±{margin:g} points (α = 0.05; "
-        "the 90% CI inside the margin). Image CI: paired bootstrap over validation images, seeds pooled.",
+        "the 90% CI inside the margin). Image CI: paired bootstrap over validation images, seeds pooled. "
+        "Protocol, both sides: each run's final model (its last validation), nothing selected on val.",
         "",
     ]
     lines += ["## Final val mIoU (single scale, official metric), mean over seeds", "", _table(summary), ""]
@@ -194,7 +185,9 @@ def _render(experiment, runs_all, runs, summary, summary_seed, published, cells,
     lines += [
         "## Published numbers (DeepLabV3+, single scale)",
         "",
-        _table(published[["source", "backbone", "output_stride", "crop", "iterations", "miou", "note", "url"]]),
+        _table(
+            published[["source", "backbone", "output_stride", "crop", "iterations", "miou", "selection", "note", "url"]]
+        ),
         "",
         "## Figures",
         "",

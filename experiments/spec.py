@@ -49,6 +49,7 @@ class SweepSpec:
     runs_root: Path = Path("runs")  # relative to the spec file when given there; else ./runs
     tracking_uri: str | None = None
     path: Path | None = None
+    margin: float | None = None  # analysis.margin: the equivalence margin in mIoU points the study is sized for
 
     @property
     def experiment(self) -> str:
@@ -66,7 +67,7 @@ class RunSpec:
     run_dir: Path
 
 
-_TOP = {"name", "base", "grid", "overrides", "executor", "runs_root", "tracking"}
+_TOP = {"name", "base", "grid", "overrides", "executor", "runs_root", "tracking", "analysis"}
 
 
 def _unknown(keys: Any, known: Any, where: str) -> None:
@@ -124,6 +125,13 @@ def load_spec(path: str | Path) -> SweepSpec:
     _unknown(executor, {"slurm", "local"}, f"sweep spec {path}: executor")
     tracking = data.get("tracking") or {}
     _unknown(tracking, {"uri"}, f"sweep spec {path}: tracking")
+    analysis = data.get("analysis") or {}
+    if not isinstance(analysis, dict):
+        raise ExperimentsError(f"sweep spec {path}: analysis must be a mapping, e.g. {{margin: 0.5}}")
+    _unknown(analysis, {"margin"}, f"sweep spec {path}: analysis")
+    margin = analysis.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 < margin < 1e9):
+        raise ExperimentsError(f"sweep spec {path}: analysis.margin must be a positive number (points), got {margin!r}")
     base = (path.parent / data["base"]).resolve()
     _check_keys(path, base, grid, "grid")
     _check_keys(path, base, data.get("overrides") or {}, "overrides")
@@ -137,6 +145,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         runs_root=(path.parent / data["runs_root"]).resolve() if "runs_root" in data else Path.cwd() / "runs",
         tracking_uri=tracking.get("uri"),
         path=path.resolve(),
+        margin=float(margin) if margin is not None else None,
     )
 
 

@@ -120,20 +120,21 @@ def test_report_html_is_self_contained_and_says_the_same(report: Path) -> None:
         if line.startswith("- at "):
             assert html.escape(line[2:].split("`")[0], quote=False) in page
     assert page.count("<td>FINISHED</td>") == text.split("## Runs")[1].count("| FINISHED |") == 8
-    inlined = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    inlined = re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', page)
     assert len(inlined) == 4
     for name, data in zip(("curves", "final_vs_schedule", "per_class_delta", "cost"), inlined, strict=True):
         assert base64.b64decode(data) == (report / "figures" / f"{name}.png").read_bytes()
     assert "figures/" not in page  # nothing left to resolve beside the file
+    assert '<a href="evidence/report.html">' in page and (report / "evidence" / "report.html").is_file()
 
 
 def test_markdown_to_html_escapes_and_never_stalls(tmp_path: Path) -> None:
     text = "# T <x>\n\n![not an image line\nplain & **bold** `c<d>`\n\n| a | b |\n|---|---|\n| <i> | 1.5 |\n"
     page = markdown_to_html(text, tmp_path)
     assert "<title>T &lt;x&gt;</title>" in page
-    assert "<p>![not an image line plain &amp; <strong>bold</strong> <code>c&lt;d&gt;</code></p>" in page
-    assert '<td>&lt;i&gt;</td><td class="num">1.5</td>' in page
-    assert "<i>" not in page
+    assert "<p>![not an image line\nplain &amp; <strong>bold</strong> <code>c&lt;d&gt;</code></p>" in page
+    assert '<td>&lt;i&gt;</td>\n<td class="num">1.5</td>' in page
+    assert "<i>" not in page  # raw HTML in the text is text
 
 
 def test_report_verdict_says_synthetic_and_too_few_seeds(report: Path, sweep_store: SweepStore) -> None:

@@ -15,13 +15,15 @@ REPO = Path(__file__).resolve().parents[2]
 SWEEPS = REPO / "experiments" / "sweeps"
 
 
-def test_the_study_expands_to_24_distinct_runs() -> None:
+def test_the_study_expands_to_32_distinct_runs() -> None:
     spec = load_spec(SWEEPS / "r50_vs_r101_cityscapes.yaml")
     runs = expand_grid(spec)
-    assert len(runs) == 24 and len({r.config_hash for r in runs}) == 24
+    assert len(runs) == 32 and len({r.config_hash for r in runs}) == 32
     assert {r.config.model.backbone for r in runs} == {"resnet50", "resnet101"}
-    assert sorted({r.config.train.iterations for r in runs}) == [20000, 40000, 60000, 80000]
-    assert runs[0].name == "r50-it20000-s0" and runs[0].run_dir.name == runs[0].config_hash
+    assert {r.config.train.iterations for r in runs} == {40000} and spec.margin == 0.5
+    assert runs[0].name == "r50-it40000-s0" and runs[0].run_dir.name == runs[0].config_hash
+    schedules = expand_grid(load_spec(SWEEPS / "r50_vs_r101_schedules.yaml"))
+    assert sorted({r.config.train.iterations for r in schedules}) == [20000, 40000, 80000] and len(schedules) == 18
     assert spec.slurm.gpus_per_node == 2 and spec.slurm.tasks_per_node == 2
     again = expand_grid(load_spec(SWEEPS / "r50_vs_r101_cityscapes.yaml"))
     assert [r.config_hash for r in again] == [r.config_hash for r in runs]  # identity is stable
@@ -49,6 +51,10 @@ def _spec(tmp_path: Path, body: str, name: str = "spec.yaml") -> Path:
         ),
         ("grid: {train.seed: [0]}\nextra: 1\n", "unknown key 'extra'"),
         ("grid: {train.seed: [x]}\n", "train.seed must be an integer"),
+        ("grid: {train.seed: [0]}\nanalysis: {margn: 0.5}\n", "unknown key 'margn' (did you mean margin?)"),
+        ("grid: {train.seed: [0]}\nanalysis: {margin: -1}\n", "analysis.margin must be a positive number"),
+        ("grid: {train.seed: [0]}\nanalysis: {margin: .nan}\n", "analysis.margin must be a positive number"),
+        ("grid: {train.seed: [0]}\nanalysis: 0.5\n", "analysis must be a mapping"),
     ],
 )
 def test_bad_specs_are_named(tmp_path: Path, body: str, needle: str) -> None:
@@ -98,5 +104,5 @@ def test_slurm_without_sbatch_is_refused(tmp_path: Path) -> None:
 def test_dry_run_creates_nothing(tmp_path: Path) -> None:
     out = _cli("sweep", str(SWEEPS / "r50_vs_r101_cityscapes.yaml"), "--dry-run", "--executor", "local", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "dry run: 24 runs, nothing submitted" in out.stdout
+    assert "dry run: 32 runs, nothing submitted" in out.stdout
     assert not (tmp_path / "mlflow.db").exists()
