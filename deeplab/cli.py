@@ -25,11 +25,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train_from_cli(cfg, run_dir, progress=args.progress)
 
 
+# Outputs are checked before the heavy imports: a bad path fails in a fraction of a second.
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from deeplab.runner import evaluate_checkpoint_cli
-
     predictions = check_output_dir(args.save_predictions, "--save-predictions") if args.save_predictions else None
     json_out = check_output_file(args.json, "--json") if args.json else None
+    from deeplab.runner import evaluate_checkpoint_cli
+
     return evaluate_checkpoint_cli(
         Path(args.checkpoint),
         overrides=args.set,
@@ -41,9 +42,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    json_out = check_output_file(args.json, "--json") if args.json else None
     from deeplab.scoring import format_table, score_folder
 
-    json_out = check_output_file(args.json, "--json") if args.json else None
     result = score_folder(Path(args.gt), Path(args.pred), split=args.split)
     print(format_table(result))
     if json_out:
@@ -61,10 +62,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    out = check_output_dir(args.out, "data synth --out")
     from deeplab.data.synth import synthesize
 
     synthesize(
-        check_output_dir(args.out, "data synth --out"),
+        out,
         train=args.train,
         val=args.val,
         height=args.height,
@@ -92,11 +94,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
+    dest = check_output_dir(args.dest, "data download --dest")
     from deeplab.data.download import download
 
-    download(
-        check_output_dir(args.dest, "data download --dest"), packages=args.packages, keep_archives=args.keep_archives
-    )
+    download(dest, packages=args.packages, keep_archives=args.keep_archives)
     return 0
 
 

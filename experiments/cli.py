@@ -110,9 +110,9 @@ def _cmd_server(args: argparse.Namespace) -> int:
             f"{source} {_redact(backend)}: a tracking server, not a backend store; "
             "give --backend-store-uri sqlite:///ABS/PATH.db or postgresql://…"
         )
+    artifacts = check_output_dir(args.artifact_root, "--artifact-root").resolve()
     check_reachable(backend)  # a database that does not answer fails here in seconds, not after the /health wait
     ready = f"MLflow server on http://{args.host}:{args.port} (backend {_redact(backend)}); Ctrl-C stops it"
-    artifacts = check_output_dir(args.artifact_root, "--artifact-root").resolve()
     proc = start_server(backend, artifacts, args.host, args.port)
     try:  # printed inside: a Ctrl-C right after it must still stop the server (it runs in its own session)
         print(ready, flush=True)
@@ -125,9 +125,10 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    workdir = check_output_dir(args.workdir, "--workdir")  # before torch, MLflow and submitit are imported
     from experiments.demo import run_demo
 
-    return run_demo(check_output_dir(args.workdir, "--workdir"), executor=args.executor)
+    return run_demo(workdir, executor=args.executor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,10 +84,8 @@ def check_datasets(runs: list[RunSpec], workers: int = 8) -> None:
     for problem in bad:
         print(f"  {problem}", flush=True)
     if bad:
-        raise ExperimentsError(
-            f"data check: {len(bad)} bad file(s) in the sweep's data, listed above (--no-data-check skips this "
-            f"check); first: {bad[0]}"
-        )
+        more = f"and {len(bad) - 1} more bad file(s), listed above; " if len(bad) > 1 else ""
+        raise ExperimentsError(f"data check: {bad[0]} ({more}nothing submitted; --no-data-check skips this check)")
 
 
 def _splits(run: RunSpec) -> tuple[str, str]:

@@ -95,9 +95,12 @@ def check_data(cfg: Config, progress: str = "auto") -> None:
             CityscapesSegmentation(cfg.data.root, split, strict=True)
         decode = split == cfg.data.val_split
         checked = check_split(cfg.data.root, split, decode=decode, workers=cfg.data.num_workers, progress=progress)
+        if len(checked.problems) == 1:
+            raise DeeplabError(checked.problems[0])
         if checked.problems:
             listing = f"python -m deeplab data check {cfg.data.root} --split {split}"
-            raise DeeplabError(f"data.root: {checked.summary()} (`{listing}` lists them); first: {checked.problems[0]}")
+            more = f"{len(checked.problems) - 1} more bad file(s) in {split}: `{listing}` lists them"
+            raise DeeplabError(f"{checked.problems[0]} (and {more})")
 
 
 def build_val_dataset(cfg: Config) -> CityscapesSegmentation:

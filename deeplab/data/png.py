@@ -36,6 +36,8 @@ def structure_problem(data: bytes | bytearray | memoryview) -> str | None:
         length = int.from_bytes(view[pos : pos + 4], "big")
         kind = bytes(view[pos + 4 : pos + 8])
         end = pos + 12 + length
+        if not kind.isalpha():
+            return f"corrupt PNG (no chunk at byte {pos}: type {kind!r})"
         if end > len(view):
             break
         critical = kind[:1].isupper()  # ancillary chunks with a bad CRC are skipped by libpng, not fatal
