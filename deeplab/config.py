@@ -263,7 +263,8 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
     d, t = cfg.data, cfg.train
-    _check(all(s > 0 for s in d.crop_size), "data.crop_size", "positive", list(d.crop_size))
+    # smaller crops leave a 1x1 map at the backbone's stride 16, which BatchNorm cannot train on at batch 1
+    _check(all(s >= 32 for s in d.crop_size), "data.crop_size", ">= 32 each", list(d.crop_size))
     _check(len(d.scales) > 0 and all(s > 0 for s in d.scales), "data.scales", "positive numbers", d.scales)
     _check(0.0 <= d.hflip <= 1.0, "data.hflip", "in [0, 1]", d.hflip)
     _check(all(0.0 <= j < 1.0 for j in d.color_jitter), "data.color_jitter", "each in [0, 1)", d.color_jitter)

@@ -91,6 +91,8 @@ def _find_prediction(gt_file: Path, by_city: dict[str, list[Path]]) -> Path:
 def _read_ids(path: Path, what: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
+            if what == "ground truth" and img.mode == "P":  # gtFine labelIds are greyscale, as training reads them
+                raise DeeplabError(f"score: ground truth {path} is a palette (colour) image; expected label ids")
             array = np.array(img)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         problem = f"{png_problem(path)} ({err.__class__.__name__})"
