@@ -25,6 +25,8 @@ from deeplab.yaml_loader import describe_yaml_error, load_yaml_file, parse_yaml
 
 #: Seeds numpy's legacy RNG and ``np.random.seed`` accept (torch takes more): every seed field is checked against it.
 SEED_RANGE = range(2**32)
+#: (height, width) bounds of a synthetic dataset: twice Cityscapes at most, so a typo cannot fill the memory.
+SYNTH_SIZE_RANGE = ((32, 4096), (32, 8192))
 
 
 @dataclass
@@ -275,7 +277,9 @@ def validate(cfg: Config) -> None:
     if d.synthetic is not None:
         s = d.synthetic
         _check(s.train >= 1 and s.val >= 1, "data.synthetic.train/val", ">= 1", (s.train, s.val))
-        _check(s.height >= 32 and s.width >= 32, "data.synthetic.height/width", ">= 32", (s.height, s.width))
+        (h_lo, h_hi), (w_lo, w_hi) = SYNTH_SIZE_RANGE
+        size_ok = h_lo <= s.height <= h_hi and w_lo <= s.width <= w_hi
+        _check(size_ok, "data.synthetic.height/width", f"in {h_lo}..{h_hi} x {w_lo}..{w_hi}", (s.height, s.width))
     m = cfg.model
     table = f"{NUM_CLASSES} (the evaluated train ids of cityscapesscripts' label table)"
     _check(m.num_classes == NUM_CLASSES, "model.num_classes", table, m.num_classes)

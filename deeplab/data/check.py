@@ -85,11 +85,12 @@ def available_cpus() -> int:
 
 
 def check_split(
-    root: str | Path, split: str, *, decode: bool = True, workers: int = 0, progress: str = "auto"
+    root: str | Path, split: str, *, decode: bool = True, workers: int = 0, progress: str = "auto", limit: int = 0
 ) -> SplitCheck:
-    """Check every pair of ``split`` under ``root`` with ``workers`` processes (0: in this process)."""
+    """Check every pair of ``split`` under ``root`` (the first ``limit`` when > 0, as ``max_images`` reads them)
+    with ``workers`` processes (0: in this process)."""
     root = Path(root)
-    pairs = split_files(root, split)
+    pairs = split_files(root, split)[: limit or None]
     result = SplitCheck(root, split, len(pairs))
     workers = min(workers, len(pairs) // _PAIRS_PER_WORKER)
     loader = DataLoader(_PairProblems(pairs, decode), batch_size=None, num_workers=workers)

@@ -94,7 +94,10 @@ def check_data(cfg: Config, progress: str = "auto") -> None:
         if cfg.data.strict:
             CityscapesSegmentation(cfg.data.root, split, strict=True)
         decode = split == cfg.data.val_split
-        checked = check_split(cfg.data.root, split, decode=decode, workers=cfg.data.num_workers, progress=progress)
+        limit = cfg.data.val_max_images if decode else 0  # the validation images that will be read
+        checked = check_split(
+            cfg.data.root, split, decode=decode, workers=cfg.data.num_workers, progress=progress, limit=limit
+        )
         if len(checked.problems) == 1:
             raise DeeplabError(checked.problems[0])
         if checked.problems:

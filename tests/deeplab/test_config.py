@@ -94,6 +94,7 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
         ("data.mean=[0.4, .nan, 0.4]", "data.mean[1] must be a finite number"),
         ("eval.scales=[1.0, 1e999]", "eval.scales[1] must be a finite number"),
         ("data.crop_size=[8, 8]", "data.crop_size must be >= 32 each"),
+        ("data.synthetic={height: 100000}", "data.synthetic.height/width must be in 32..4096 x 32..8192"),
         ("model.num_classes=21", "model.num_classes must be 19 (the evaluated train ids"),
         ("model.num_classes=34", "model.num_classes must be 19"),
         ("loss.ignore_index=0", "loss.ignore_index must be 255"),

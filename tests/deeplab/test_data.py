@@ -45,6 +45,11 @@ def test_synthetic_data_is_deterministic_and_refuses_to_overwrite(tmp_path: Path
         assert fa.read_bytes() == (b / fa.relative_to(a)).read_bytes()
     with pytest.raises(DeeplabError, match="exists and is not empty"):
         synthesize(a, train=1, val=1, height=32, width=64)
+    with pytest.raises(DeeplabError, match="--height must be in 32..4096"):
+        synthesize(tmp_path / "huge", train=1, val=1, height=100_000, width=64)
+    with pytest.raises(DeeplabError, match="--seed must be in 0..4294967295"):
+        synthesize(tmp_path / "seed", train=1, val=1, height=32, width=64, seed=2**32)
+    assert not (tmp_path / "huge").exists() and not (tmp_path / "seed").exists()
     ensure_synthetic(a, SynthConfig(train=1, val=1, height=32, width=32))  # exists: left alone
     assert len(list((a / "leftImg8bit" / "train").rglob("*.png"))) == 2
 
