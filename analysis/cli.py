@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from analysis.seed_log import SEED_EPOCH_ITERATIONS
-from deeplab.errors import DeeplabError
+from deeplab.arguments import int_in, positive_float
+from deeplab.errors import run_command
+from deeplab.outputs import check_output_dir
 
 
 def _uri(value: str | None) -> str:
@@ -18,11 +18,10 @@ def _uri(value: str | None) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    out = check_output_dir(args.out, "--out")  # before pandas, matplotlib and MLflow are imported
     from analysis.report import write_report
 
-    path = write_report(
-        args.experiment, _uri(args.tracking_uri), Path(args.out), margin=args.margin, n_boot=args.bootstrap
-    )
+    path = write_report(args.experiment, _uri(args.tracking_uri), out, margin=args.margin, n_boot=args.bootstrap)
     print(f"report written to {path} (self-contained page: {path.with_suffix('.html')})")
     return 0
 
@@ -46,9 +45,10 @@ def _cmd_import_log(args: argparse.Namespace) -> int:
 
 
 def _cmd_evidence(args: argparse.Namespace) -> int:
+    out = check_output_dir(args.out, "--out")
     from analysis.evidence_report import write_evidence
 
-    path = write_evidence(Path(args.out), run_sd=args.run_sd, margin=args.margin)
+    path = write_evidence(out, run_sd=args.run_sd, margin=args.margin)
     print(f"evidence report written to {path} (self-contained page: {path.with_suffix('.html')})")
     return 0
 
@@ -56,22 +56,10 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
 def _cmd_fork_data(args: argparse.Namespace) -> int:
     from analysis.fork_logs import DATA, extract_fork_logs
 
-    for path in extract_fork_logs(Path(args.log_dir), Path(args.out) if args.out else DATA):
+    out = check_output_dir(args.out, "--out") if args.out else DATA
+    for path in extract_fork_logs(Path(args.log_dir), out):
         print(f"wrote {path}")
     return 0
-
-
-def _positive(kind: type) -> Callable[[str], float | int]:
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,26 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write report.md/report.html with figures, tables and a verdict")
     p.add_argument("--experiment", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--margin", type=float, default=0.5, help="equivalence margin in mIoU points")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates")
+    p.add_argument("--margin", type=positive_float, default=0.5, help="equivalence margin in mIoU points")
+    p.add_argument("--bootstrap", type=int_in(1), default=2000, help="bootstrap replicates")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=_cmd_report)
     p = sub.add_parser("evidence", help="what public evidence says (the fork's logs, published pairs): no sweep")
     p.add_argument("--out", required=True)
-    p.add_argument("--margin", type=_positive(float), default=0.5, help="equivalence margin in mIoU points")
+    p.add_argument("--margin", type=positive_float, default=0.5, help="equivalence margin in mIoU points")
     p.add_argument(
-        "--run-sd", type=_positive(float), default=None, help="run-to-run sd in points (default: from the fork logs)"
+        "--run-sd", type=positive_float, default=None, help="run-to-run sd in points (default: from the fork logs)"
     )
     p.set_defaults(func=_cmd_evidence)
     p = sub.add_parser("import-log", help="import a training log in the seed's format as an MLflow run")
     p.add_argument("file")
     p.add_argument("--experiment", required=True)
     p.add_argument("--backbone", required=True, choices=["resnet50", "resnet101"])
-    p.add_argument("--iterations", type=_positive(int), default=None, help="the schedule (default: from the log)")
+    p.add_argument("--iterations", type=int_in(1), default=None, help="the schedule (default: from the log)")
     p.add_argument("--percent", action="store_true", help="the log prints mIoU in percent, not as a fraction")
     p.add_argument(
         "--epoch-iterations",
-        type=_positive(int),
+        type=int_in(1),
         default=SEED_EPOCH_ITERATIONS,
         help="iterations per epoch, to place validations that no progress line precedes (default: %(default)s, "
         "the seed's 2975 images / batch 8)",
@@ -120,9 +108,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except DeeplabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(build_parser().parse_args(argv))

@@ -63,6 +63,8 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint written by ``save_checkpoint``; a missing or corrupt file is a one-line error."""
     path = Path(path)
+    if path.is_dir():
+        raise DeeplabError(f"checkpoint {path} is a directory (expected RUN_DIR/{CHECKPOINT_NAME})")
     if not path.is_file():
         raise DeeplabError(f"checkpoint not found: {path}")
     try:

@@ -1,6 +1,6 @@
 """``python -m deeplab``: train, evaluate, score, info, deviations, data synth/download, weights prefetch.
 
-Each subcommand parses its arguments and hands them to one function; a DeeplabError becomes one line on
+Each subcommand parses its arguments and hands them to one function; a DeeplabError (or an OSError) becomes one line on
 stderr and exit status 2.
 """
 
@@ -8,31 +8,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from deeplab.errors import DeeplabError
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return values
+from deeplab.arguments import int_in, positive_floats
+from deeplab.errors import DeeplabError, run_command
+from deeplab.outputs import check_output_dir, check_output_file
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from deeplab.config import load_config
+
+    run_dir = check_output_dir(args.run_dir, "--run-dir")
+    cfg = load_config(args.config, args.set)  # before torch is imported: a bad config fails in a second
     from deeplab.runner import train_from_cli
 
-    cfg = load_config(args.config, args.set)
-    return train_from_cli(cfg, Path(args.run_dir), progress=args.progress)
+    return train_from_cli(cfg, run_dir, progress=args.progress)
 
 
+# Outputs are checked before the heavy imports: a bad path fails in a fraction of a second.
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    predictions = check_output_dir(args.save_predictions, "--save-predictions") if args.save_predictions else None
+    json_out = check_output_file(args.json, "--json") if args.json else None
     from deeplab.runner import evaluate_checkpoint_cli
 
     return evaluate_checkpoint_cli(
@@ -40,18 +36,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         overrides=args.set,
         scales=args.scales,
         flip=args.flip,
-        save_predictions=Path(args.save_predictions) if args.save_predictions else None,
-        json_out=Path(args.json) if args.json else None,
+        save_predictions=predictions,
+        json_out=json_out,
     )
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    json_out = check_output_file(args.json, "--json") if args.json else None
     from deeplab.scoring import format_table, score_folder
 
     result = score_folder(Path(args.gt), Path(args.pred), split=args.split)
     print(format_table(result))
-    if args.json:
-        result.write_json(Path(args.json))
+    if json_out:
+        result.write_json(json_out)
     return 0
 
 
@@ -65,34 +62,60 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_deviations(args: argparse.Namespace) -> int:
+    if not (args.docs or args.config):
+        raise DeeplabError("deviations: give a CONFIG, --docs PATH or both")
+    docs = check_output_file(args.docs, "--docs") if args.docs else None
     from deeplab.config import load_config
     from deeplab.fidelity import deviations_markdown, docs_markdown
 
-    if args.docs:
+    if docs:
         text = docs_markdown(Path(__file__).resolve().parents[1] / "configs")
-        tmp = Path(f"{args.docs}.tmp")
+        tmp = docs.with_name(f".{docs.name}.tmp")
         tmp.write_text(text)
-        tmp.replace(args.docs)
-        print(f"wrote {args.docs}")
+        tmp.replace(docs)
+        print(f"wrote {docs}")
     if args.config:
         print(deviations_markdown(load_config(args.config, args.set), args.config), end="")
-    if not (args.docs or args.config):
-        raise DeeplabError("deviations: give a CONFIG, --docs PATH or both")
     return 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    out = check_output_dir(args.out, "data synth --out")
     from deeplab.data.synth import synthesize
 
-    synthesize(Path(args.out), train=args.train, val=args.val, height=args.height, width=args.width, seed=args.seed)
+    synthesize(
+        out,
+        train=args.train,
+        val=args.val,
+        height=args.height,
+        width=args.width,
+        seed=args.seed,
+    )
     print(f"synthetic Cityscapes-layout dataset written to {args.out}")
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from deeplab.data.check import available_cpus, check_split
+    from deeplab.errors import DeeplabError
+
+    workers = available_cpus() if args.workers is None else args.workers
+    checks = [check_split(args.root, split, workers=workers, progress=args.progress) for split in args.split]
+    for checked in checks:
+        for problem in checked.problems:
+            print(f"  {problem}")
+        print(f"{checked.split}: {checked.summary()}")
+    bad = sum(len(c.problems) for c in checks)
+    if bad:
+        raise DeeplabError(f"data check: {bad} bad file(s) under {args.root} (listed above)")
+    return 0
+
+
 def _cmd_download(args: argparse.Namespace) -> int:
+    dest = check_output_dir(args.dest, "data download --dest")
     from deeplab.data.download import download
 
-    download(Path(args.dest), packages=args.packages, keep_archives=args.keep_archives)
+    download(dest, packages=args.packages, keep_archives=args.keep_archives)
     return 0
 
 
@@ -121,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint (single or multi-scale + flip)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.root=/path")
-    p.add_argument("--scales", type=_floats, default=None, help="e.g. 0.5,0.75,1,1.25,1.5,1.75")
+    p.add_argument("--scales", type=positive_floats, default=None, help="e.g. 0.5,0.75,1,1.25,1.5,1.75")
     p.add_argument("--flip", action="store_true")
     p.add_argument("--save-predictions", metavar="DIR", help="write official labelIds PNGs here")
     p.add_argument("--json", metavar="OUT")
@@ -157,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_synth)
+    p = data.add_parser("check", help="decode every image and label of a split; list every bad file")
+    p.add_argument("root", help="Cityscapes root (holds leftImg8bit/ and gtFine/)")
+    p.add_argument("--split", nargs="+", default=["train", "val"])
+    p.add_argument("--workers", type=int_in(0), default=None, help="decoding processes (default: the CPUs available)")
+    p.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
+    p.set_defaults(func=_cmd_check)
     p = data.add_parser("download", help="fetch the official archives (needs a cityscapes-dataset.com account)")
     p.add_argument("--dest", required=True)
     p.add_argument("--packages", nargs="+", default=["gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip"])
@@ -171,12 +200,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except DeeplabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return run_command(build_parser().parse_args(argv))

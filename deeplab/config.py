@@ -11,6 +11,7 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,13 @@ from typing import Any, Literal
 import yaml
 
 from deeplab.errors import DeeplabError
+from deeplab.labels import IGNORE_INDEX, NUM_CLASSES
+from deeplab.yaml_loader import describe_yaml_error, load_yaml_file, parse_yaml
+
+#: Seeds numpy's legacy RNG and ``np.random.seed`` accept (torch takes more): every seed field is checked against it.
+SEED_RANGE = range(2**32)
+#: (height, width) bounds of a synthetic dataset: twice Cityscapes at most, so a typo cannot fill the memory.
+SYNTH_SIZE_RANGE = ((32, 4096), (32, 8192))
 
 
 @dataclass
@@ -205,6 +213,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             with contextlib.suppress(ValueError):
                 value = float(value)
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, "a number", value)
+        _check(math.isfinite(float(value)), key, "a finite number", value)  # also `.inf`, `1e999`, "nan"
         return float(value)
     if tp is str:
         _check(isinstance(value, str), key, "a string", value)
@@ -259,15 +268,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise DeeplabError(f"--set {text!r}: expected section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise DeeplabError(f"--set {key}: value {raw!r} is not valid YAML ({err.__class__.__name__})") from err
+        raise DeeplabError(f"--set {key}: value {raw!r}{describe_yaml_error(err)}") from None
     return key.strip(), value
 
 
 def from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
     """Build and validate a Config from nested data plus dotted overrides."""
-    data = json.loads(json.dumps(data or {}))
+    data = json.loads(json.dumps(data or {}, default=str))  # a deep copy; YAML dates become strings
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
     cfg = _from_dict(Config, data)
@@ -278,18 +287,7 @@ def from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> 
 def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Config:
     """Load a YAML config file; ``overrides`` are ``key=value`` strings or a dotted-key mapping."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise DeeplabError(f"config file not found: {path}") from None
-    except OSError as err:
-        raise DeeplabError(f"config file {path}: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise DeeplabError(f"config file {path}{where}: not valid YAML") from None
+    data = load_yaml_file(path, "config file")
     if data is not None and not isinstance(data, dict):
         raise DeeplabError(f"config file {path}: expected a mapping at the top level")
     if isinstance(overrides, list):
@@ -303,7 +301,8 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
     d, t = cfg.data, cfg.train
-    _check(all(s > 0 for s in d.crop_size), "data.crop_size", "positive", list(d.crop_size))
+    # smaller crops leave a 1x1 map at the backbone's stride 16, which BatchNorm cannot train on at batch 1
+    _check(all(s >= 32 for s in d.crop_size), "data.crop_size", ">= 32 each", list(d.crop_size))
     _check(len(d.scales) > 0 and all(s > 0 for s in d.scales), "data.scales", "positive numbers", d.scales)
     _check(0.0 <= d.hflip <= 1.0, "data.hflip", "in [0, 1]", d.hflip)
     _check(all(0.0 <= j < 1.0 for j in d.color_jitter), "data.color_jitter", "each in [0, 1)", d.color_jitter)
@@ -314,9 +313,14 @@ def validate(cfg: Config) -> None:
     if d.synthetic is not None:
         s = d.synthetic
         _check(s.train >= 1 and s.val >= 1, "data.synthetic.train/val", ">= 1", (s.train, s.val))
-        _check(s.height >= 32 and s.width >= 32, "data.synthetic.height/width", ">= 32", (s.height, s.width))
+        (h_lo, h_hi), (w_lo, w_hi) = SYNTH_SIZE_RANGE
+        size_ok = h_lo <= s.height <= h_hi and w_lo <= s.width <= w_hi
+        _check(size_ok, "data.synthetic.height/width", f"in {h_lo}..{h_hi} x {w_lo}..{w_hi}", (s.height, s.width))
     m = cfg.model
-    _check(m.num_classes >= 2, "model.num_classes", ">= 2", m.num_classes)
+    table = f"{NUM_CLASSES} (the evaluated train ids of cityscapesscripts' label table)"
+    _check(m.num_classes == NUM_CLASSES, "model.num_classes", table, m.num_classes)
+    void = f"{IGNORE_INDEX} (void in the masks)"
+    _check(cfg.loss.ignore_index == IGNORE_INDEX, "loss.ignore_index", void, cfg.loss.ignore_index)
     for key in ("aspp_channels", "low_level_channels", "decoder_channels"):
         _check(getattr(m, key) >= 1, f"model.{key}", ">= 1", getattr(m, key))
     _check(0.0 < cfg.loss.ohem_thresh <= 1.0, "loss.ohem_thresh", "in (0, 1]", cfg.loss.ohem_thresh)
@@ -333,6 +337,9 @@ def validate(cfg: Config) -> None:
     for key in ("eval_every", "checkpoint_every"):
         _check(getattr(t, key) >= 0, f"train.{key}", ">= 0", getattr(t, key))
     _check(t.log_every >= 1, "train.log_every", ">= 1", t.log_every)
+    seeds = {"train.seed": t.seed} | ({"data.synthetic.seed": d.synthetic.seed} if d.synthetic else {})
+    for key, seed in seeds.items():
+        _check(seed in SEED_RANGE, key, f"in 0..{SEED_RANGE[-1]} (what numpy's RNG takes)", seed)
     e = cfg.eval
     _check(len(e.scales) > 0 and all(s > 0 for s in e.scales), "eval.scales", "positive numbers", e.scales)
     _validate_fidelity(cfg)

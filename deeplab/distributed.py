@@ -9,6 +9,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from deeplab.errors import DeeplabError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -23,15 +25,26 @@ class DistInfo:
         return self.rank == 0
 
 
+def _env_int(name: str, default: int, minimum: int) -> int:
+    text = os.environ.get(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        raise DeeplabError(f"{name}={text!r} must be an integer (the launcher's environment)") from None
+    if value < minimum:
+        raise DeeplabError(f"{name}={value} must be >= {minimum} (the launcher's environment)")
+    return value
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group described by RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT (if any).
 
     gloo on CPU, nccl on CUDA; CUDA is used when available and ``device`` allows it (an empty
     CUDA_VISIBLE_DEVICES, as on nodes with fake GPUs, falls back to CPU).
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world, rank, local_rank = _env_int("WORLD_SIZE", 1, 1), _env_int("RANK", 0, 0), _env_int("LOCAL_RANK", 0, 0)
+    if rank >= world:
+        raise DeeplabError(f"RANK={rank} must be below WORLD_SIZE={world} (the launcher's environment)")
     use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:

@@ -177,7 +177,7 @@ def train(
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    check_data(cfg)  # data errors surface before anything is written
+    check_data(cfg, progress if info.is_main else "off")  # data errors surface before anything is written
     val_dataset = build_val_dataset(cfg)
     parts = _build(cfg, info)
     ckpt_path = run_dir / CHECKPOINT_NAME

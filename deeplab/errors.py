@@ -1,5 +1,36 @@
-"""The project's exception: one line that names the culprit (field, file, iteration)."""
+"""The project's exception: one line that names the culprit (field, file, iteration), and how CLIs print it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_BAD_INPUT = 2
 
 
 class DeeplabError(Exception):
     """A user-facing error; the CLI prints ``str(err)`` on one line and exits non-zero."""
+
+
+def os_error_line(err: OSError) -> str:
+    """``PATH: Permission denied`` (both paths of a rename/copy); the plain text when no file is involved."""
+    if err.filename is None:
+        return str(err)
+    names = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else f"{err.filename}"
+    return f"{names}: {err.strerror or err.__class__.__name__}"
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed subcommand (``args.func``). Our errors and environmental OSErrors (disk full, permissions,
+    a file gone) become one ``error:`` line and exit 2; anything else is a bug and keeps its traceback."""
+    try:
+        return int(args.func(args) or 0)
+    except DeeplabError as err:
+        message = str(err)
+    except OSError as err:
+        message = os_error_line(err)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message held
+    return EXIT_BAD_INPUT

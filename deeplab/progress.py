@@ -49,3 +49,38 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class CountProgress:
+    """Items done out of a total: a tqdm bar on a terminal, else a line every ``every_s`` seconds and at the end."""
+
+    def __init__(self, desc: str, total: int, mode: str = "auto", every_s: float = 10.0) -> None:
+        self.desc, self.total, self.every_s, self.done = desc, total, every_s, 0
+        self.t0 = self.last = time.perf_counter()
+        self.quiet, self.printed = mode == "off", False
+        use_bar = not self.quiet and (mode == "bar" or (mode == "auto" and sys.stderr.isatty()))
+        self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True) if use_bar else None
+
+    def advance(self, note: str = "") -> None:
+        """One more item done; ``note`` (e.g. "2 bad") goes on the bar or the next line."""
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            if note:
+                self.bar.set_postfix_str(note)
+            return
+        now = time.perf_counter()
+        if not self.quiet and (now - self.last >= self.every_s or (self.printed and self.done == self.total)):
+            self.last, self.printed = now, True
+            rate = self.done / (now - self.t0) if now > self.t0 else 0.0
+            eta = datetime.timedelta(seconds=round((self.total - self.done) / rate)) if rate > 0 else "?"
+            extra = f", {note}" if note else ""
+            print(
+                f"{self.desc}: {self.done}/{self.total} ({100 * self.done / max(1, self.total):.0f}%){extra}, "
+                f"eta {eta}",
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

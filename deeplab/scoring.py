@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deeplab.data.png import png_problem
 from deeplab.errors import DeeplabError
 from deeplab.labels import CATEGORY_NAMES, CLASS_NAMES, NUM_CLASSES, VALID_LABEL_IDS, id_to_train_id_lut
 from deeplab.metrics import category_iou, count_pairs, iou_from_confusion, mean_iou
@@ -90,9 +91,12 @@ def _find_prediction(gt_file: Path, by_city: dict[str, list[Path]]) -> Path:
 def _read_ids(path: Path, what: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
+            if what == "ground truth" and img.mode == "P":  # gtFine labelIds are greyscale, as training reads them
+                raise DeeplabError(f"score: ground truth {path} is a palette (colour) image; expected label ids")
             array = np.array(img)
-    except (OSError, ValueError) as err:
-        raise DeeplabError(f"score: cannot read {what} {path} ({err.__class__.__name__})") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        problem = f"{png_problem(path)} ({err.__class__.__name__})"
+        raise DeeplabError(f"score: cannot read {what} {path}: {problem}") from None
     if array.ndim != 2:
         raise DeeplabError(f"score: {what} {path} has several channels; expected single-channel label ids")
     if array.size and (array.min() < 0 or array.max() > _MAX_ID):

@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
+from deeplab.errors import DeeplabError
+
 # Metric names (flat, namespaced, step = iteration).
 TRAIN_LOSS = "train/loss"
 TRAIN_LR = "train/lr"
@@ -103,15 +105,23 @@ class JsonlTracker:
             text = text[: text.rfind("\n") + 1]
             with open(path, "r+") as fh:
                 fh.truncate(len(text.encode()))
-        for line in text.splitlines():
-            point = json.loads(line)
-            last[point["key"]] = max(last.get(point["key"], -1), point["step"])
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                point = json.loads(line)
+                last[point["key"]] = max(last.get(point["key"], -1), int(point["step"]))
+            except (ValueError, KeyError, TypeError):
+                raise DeeplabError(f"{path} line {number}: not a metric point written by this project") from None
         return last
 
     def _merge_json(self, name: str, values: dict[str, Any]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / name
-        data = json.loads(path.read_text()) if path.exists() else {}
+        try:
+            data = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:
+            raise DeeplabError(f"{path}: not JSON written by this project; move it away to start afresh") from None
+        if not isinstance(data, dict):
+            raise DeeplabError(f"{path}: not JSON written by this project; move it away to start afresh")
         data.update(values)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deeplab.errors import DeeplabError
+from deeplab.arguments import int_in
+from deeplab.errors import run_command
+from deeplab.outputs import check_output_dir
 
 if TYPE_CHECKING:
     from experiments.spec import SweepSpec
@@ -19,7 +19,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)  # a bad spec fails before torch, MLflow and submitit are imported (seconds)
     from experiments.sweep import submit
 
-    submit(spec, args.executor, dry_run=args.dry_run, wait=args.wait, tracking_uri=args.tracking_uri)
+    submit(
+        spec,
+        args.executor,
+        dry_run=args.dry_run,
+        wait=args.wait,
+        tracking_uri=args.tracking_uri,
+        check_data=not args.no_data_check,
+    )
     return 0
 
 
@@ -103,9 +110,10 @@ def _cmd_server(args: argparse.Namespace) -> int:
             f"{source} {_redact(backend)}: a tracking server, not a backend store; "
             "give --backend-store-uri sqlite:///ABS/PATH.db or postgresql://…"
         )
+    artifacts = check_output_dir(args.artifact_root, "--artifact-root").resolve()
     check_reachable(backend)  # a database that does not answer fails here in seconds, not after the /health wait
     ready = f"MLflow server on http://{args.host}:{args.port} (backend {_redact(backend)}); Ctrl-C stops it"
-    proc = start_server(backend, Path(args.artifact_root).resolve(), args.host, args.port)
+    proc = start_server(backend, artifacts, args.host, args.port)
     try:  # printed inside: a Ctrl-C right after it must still stop the server (it runs in its own session)
         print(ready, flush=True)
         proc.wait()
@@ -128,9 +136,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    workdir = check_output_dir(args.workdir, "--workdir")  # before torch, MLflow and submitit are imported
     from experiments.demo import run_demo
 
-    return run_demo(Path(args.workdir), executor=args.executor)
+    return run_demo(workdir, executor=args.executor)
 
 
 def _positive(text: str) -> float:
@@ -153,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["auto", "slurm", "local", "debug"], default="auto")
     p.add_argument("--dry-run", action="store_true", help="print the runs, create and submit nothing")
     p.add_argument("--wait", action="store_true", help="with slurm: block until every job ends")
+    p.add_argument(
+        "--no-data-check", action="store_true", help="skip decoding every file of a real dataset before submitting"
+    )
     p.add_argument("--tracking-uri", **uri)
     p.set_defaults(func=_cmd_sweep)
 
@@ -183,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-store-uri", default=None, help="sqlite:///… (default ./mlflow.db) or postgresql://…")
     p.add_argument("--artifact-root", default="mlartifacts", help="shared storage for artifacts")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int_in(1, 65535), default=5000)
     p.set_defaults(func=_cmd_server)
 
     p = sub.add_parser("demo", help="the main job: synthetic data → tiny res50/res101 sweep → report")
@@ -194,12 +206,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except DeeplabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return run_command(build_parser().parse_args(argv))

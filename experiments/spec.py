@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from deeplab.config import Config, config_hash, flatten, load_config, to_dict
 from deeplab.errors import DeeplabError
+from deeplab.yaml_loader import load_yaml_file
 from experiments.errors import ExperimentsError
 
 
@@ -99,11 +98,9 @@ def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep spec; paths in it are relative to the spec file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ExperimentsError(f"sweep spec not found: {path}") from None
-    except yaml.YAMLError:
-        raise ExperimentsError(f"sweep spec {path}: not valid YAML") from None
+        data = load_yaml_file(path, "sweep spec")
+    except DeeplabError as err:
+        raise ExperimentsError(str(err)) from None
     if not isinstance(data, dict):
         raise ExperimentsError(f"sweep spec {path}: expected a mapping at the top level")
     _unknown(data, _TOP, f"sweep spec {path}")
@@ -116,12 +113,27 @@ def load_spec(path: str | Path) -> SweepSpec:
     grid = data["grid"]
     if not isinstance(grid, dict) or not grid:
         raise ExperimentsError(f"sweep spec {path}: grid is empty; give at least one config key with a list of values")
+    for key, expected in (
+        ("overrides", dict),
+        ("executor", dict),
+        ("tracking", dict),
+        ("base", str),
+        ("runs_root", str),
+    ):
+        if data.get(key) is not None and not isinstance(data[key], expected):
+            kind = "a mapping" if expected is dict else "a path"
+            raise ExperimentsError(f"sweep spec {path}: {key} must be {kind}, got {data[key]!r}")
+    for section in ("grid", "overrides"):
+        for key in data.get(section) or {}:
+            if not isinstance(key, str):
+                raise ExperimentsError(
+                    f"sweep spec {path}: {section} key {key!r} must be a string (a dotted config key such as "
+                    "model.backbone)"
+                )
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ExperimentsError(f"sweep spec {path}: grid.{key} must be a non-empty list, got {values!r}")
     executor = data.get("executor") or {}
-    if not isinstance(executor, dict):
-        raise ExperimentsError(f"sweep spec {path}: executor must be a mapping")
     _unknown(executor, {"slurm", "local"}, f"sweep spec {path}: executor")
     tracking = data.get("tracking") or {}
     _unknown(tracking, {"uri"}, f"sweep spec {path}: tracking")

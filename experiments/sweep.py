@@ -12,6 +12,7 @@ from typing import Any
 import submitit
 
 from deeplab.config import flatten, to_dict
+from deeplab.data.check import available_cpus, check_split
 from deeplab.data.synth import ensure_synthetic
 from experiments.errors import ExperimentsError
 from experiments.launch import RunJob, git_state
@@ -75,11 +76,29 @@ class Planned:
     child: ChildRun | None  # None in a dry run
 
 
-def plan(spec: SweepSpec, tracking_uri: str, dry_run: bool) -> list[Planned]:
-    """Create (or find) the parent and child runs; nothing is created in a dry run."""
+def check_datasets(runs: list[RunSpec], workers: int = 8) -> None:
+    """Decode every image and label of each real (not synthetic) dataset the runs read, once, before fan-out: a
+    broken file fails here in one report instead of failing every job one by one."""
+    splits = {(r.config.data.root, s) for r in runs if r.config.data.synthetic is None for s in _splits(r)}
+    bad = [p for root, split in sorted(splits) for p in check_split(root, split, workers=workers).problems]
+    for problem in bad:
+        print(f"  {problem}", flush=True)
+    if bad:
+        more = f"and {len(bad) - 1} more bad file(s), listed above; " if len(bad) > 1 else ""
+        raise ExperimentsError(f"data check: {bad[0]} ({more}nothing submitted; --no-data-check skips this check)")
+
+
+def _splits(run: RunSpec) -> tuple[str, str]:
+    return run.config.data.train_split, run.config.data.val_split
+
+
+def plan(spec: SweepSpec, tracking_uri: str, dry_run: bool, check_data: bool = True) -> list[Planned]:
+    """Create (or find) the parent and child runs; nothing is created in a dry run. The data is checked first."""
     runs = expand_grid(spec)
     if dry_run:
         return [Planned(r, None) for r in runs]
+    if check_data:
+        check_datasets(runs, workers=min(8, available_cpus()))
     experiment_id = ensure_experiment(tracking_uri, spec.experiment)
     git = git_state(REPO)
     parent = ensure_parent_run(
@@ -109,12 +128,14 @@ def submit(
     dry_run: bool = False,
     wait: bool = False,
     tracking_uri: str | None = None,
+    check_data: bool = True,
 ) -> list[submitit.Job]:
-    """Submit every unfinished run of the sweep as one job array; finished runs are skipped."""
+    """Submit every unfinished run of the sweep as one job array; finished runs are skipped. Real datasets are
+    decoded once first (``check_data``)."""
     kind = choose_executor(executor_name)
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
     check_reachable(uri)
-    planned = plan(spec, uri, dry_run)
+    planned = plan(spec, uri, dry_run, check_data)
     print_table(planned)
     if dry_run:
         print(f"dry run: {len(planned)} runs, nothing submitted")

@@ -16,9 +16,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deeplab.config import Config
+from deeplab.data.check import check_split
 from deeplab.data.cityscapes import CityscapesSegmentation
 from deeplab.data.synth import ensure_synthetic
 from deeplab.data.transforms import TrainTransform
+from deeplab.errors import DeeplabError
 
 _MIX = 1_000_003  # keeps (seed, epoch) and (seed, position) streams apart
 
@@ -83,13 +85,25 @@ def build_train_loader(cfg: Config, rank: int, world_size: int, start_iteration:
     return iter(loader)
 
 
-def check_data(cfg: Config) -> None:
-    """Both splits exist in the official layout (official sizes under data.strict) with sound PNG headers;
-    the validation labels hold only Cityscapes ids."""
+def check_data(cfg: Config, progress: str = "auto") -> None:
+    """Both splits exist in the official layout (official sizes under data.strict); the training split's PNG
+    headers are sound (its files are decoded within the first epoch); every validation image and label decodes,
+    with only Cityscapes ids (they are otherwise first read at the first validation, maybe hours in)."""
     _ensure_data(cfg)
     for split in (cfg.data.train_split, cfg.data.val_split):
-        dataset = CityscapesSegmentation(cfg.data.root, split, strict=cfg.data.strict)
-        dataset.check_files(label_ids=split == cfg.data.val_split)
+        if cfg.data.strict:
+            CityscapesSegmentation(cfg.data.root, split, strict=True)
+        decode = split == cfg.data.val_split
+        limit = cfg.data.val_max_images if decode else 0  # the validation images that will be read
+        checked = check_split(
+            cfg.data.root, split, decode=decode, workers=cfg.data.num_workers, progress=progress, limit=limit
+        )
+        if len(checked.problems) == 1:
+            raise DeeplabError(checked.problems[0])
+        if checked.problems:
+            listing = f"python -m deeplab data check {cfg.data.root} --split {split}"
+            more = f"{len(checked.problems) - 1} more bad file(s) in {split}: `{listing}` lists them"
+            raise DeeplabError(f"{checked.problems[0]} (and {more})")
 
 
 def build_val_dataset(cfg: Config) -> CityscapesSegmentation:

@@ -16,7 +16,7 @@ import numpy as np
 from cityscapesscripts.helpers.labels import name2label
 from PIL import Image
 
-from deeplab.config import SynthConfig
+from deeplab.config import SEED_RANGE, SYNTH_SIZE_RANGE, SynthConfig
 from deeplab.errors import DeeplabError
 
 CITIES = {"train": ("aachen", "bochum", "bremen"), "val": ("frankfurt", "lindau", "munster"), "test": ("berlin",)}
@@ -137,8 +137,13 @@ def synthesize(out: Path, *, train: int, val: int, height: int, width: int, seed
     out = Path(out)
     if train < 1 or val < 1:
         raise DeeplabError(f"data synth: --train and --val must be >= 1, got {train} and {val}")
-    if height < 32 or width < 32:
-        raise DeeplabError(f"data synth: --height and --width must be >= 32, got {height}x{width}")
+    (h_lo, h_hi), (w_lo, w_hi) = SYNTH_SIZE_RANGE
+    if not (h_lo <= height <= h_hi and w_lo <= width <= w_hi):
+        raise DeeplabError(
+            f"data synth: --height must be in {h_lo}..{h_hi} and --width in {w_lo}..{w_hi}, got {height}x{width}"
+        )
+    if seed not in SEED_RANGE:
+        raise DeeplabError(f"data synth: --seed must be in 0..{SEED_RANGE[-1]} (what numpy's RNG takes), got {seed}")
     if out.exists() and any(out.iterdir()):
         raise DeeplabError(f"data synth: {out} exists and is not empty; choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)

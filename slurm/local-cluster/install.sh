@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian packages of the local SLURM cluster (start.sh): SLURM with accounting, munge, MariaDB.
-# Idempotent and non-interactive; needs root (CI: `sudo bash slurm/local-cluster/install.sh`).
+# Install the Debian packages of the local SLURM cluster: SLURM with accounting, munge, MariaDB. start.sh (`make
+# cluster-up`) calls it first. Idempotent and non-interactive; needs root only when something is missing.
 set -euo pipefail
 packages=(slurm-wlm slurmdbd munge mariadb-server)
 missing=()
@@ -24,4 +24,4 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 if [ -d /run/systemd/system ]; then
   systemctl disable --now slurmctld slurmd slurmdbd >/dev/null 2>&1 || true
 fi
-echo "local-cluster: installed; now run slurm/local-cluster/start.sh"
+echo "local-cluster: installed ${missing[*]}"

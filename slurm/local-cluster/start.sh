@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Start a real single-node SLURM cluster on this machine (needs root): a private munged, a private MariaDB
-# + slurmdbd (so sacct works), slurmctld and slurmd with two fake GPUs as GRES.
+# + slurmdbd (so sacct works), slurmctld and slurmd with two fake GPUs as GRES. On a fresh Debian/Ubuntu machine the
+# packages are installed first (install.sh). Not root: one error line, nothing touched (unless it is already up).
 # Idempotent: a running cluster is reported and left alone; missing daemons are started; stale PID files (after a
 # reboot) are ignored. All state lives in $SLURM_LOCAL_DIR (default <repo>/.slurm-local); the only file outside it
 # is the symlink /etc/slurm/slurm.conf -> $SLURM_LOCAL_DIR/etc/slurm.conf, so plain sbatch/squeue/sacct (and
 # submitit) work from any shell. Stop with stop.sh.
 # Environment: SLURM_LOCAL_DIR, SLURM_LOCAL_CLUSTER (default local), SLURM_LOCAL_PARTITION (default debug).
 set -euo pipefail
-repo=$(cd "$(dirname "$0")/../.." && pwd)
-state=${SLURM_LOCAL_DIR:-$repo/.slurm-local}
-state=$(mkdir -p "$state" && cd "$state" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+state=$(realpath -m "${SLURM_LOCAL_DIR:-$repo/.slurm-local}") # not created yet: a non-root caller changes nothing
 cluster=${SLURM_LOCAL_CLUSTER:-local}
 partition=${SLURM_LOCAL_PARTITION:-debug}
 host=$(hostname -s)
@@ -21,7 +22,7 @@ t0=$(date +%s%N)
 say() { echo "local-cluster: $*"; }
 elapsed() { local ds=$((($(date +%s%N) - t0) / 100000000)); echo "$((ds / 10)).$((ds % 10))"; }
 # alive PIDFILE NAME: the PID in the file belongs to a running NAME (a stale file after a reboot does not count)
-alive() { [ -s "$1" ] && [ "$(cat "/proc/$(cat "$1")/comm" 2>/dev/null)" = "$2" ]; }
+alive() { [ -s "$1" ] && [ "$(cat "/proc/$(cat "$1" 2>/dev/null)/comm" 2>/dev/null)" = "$2" ]; }
 logs_tail() { tail -n 15 "$state"/log/*.log >&2 2>/dev/null || true; }
 wait_for() { # wait_for SECONDS WHAT 'SHELL COMMAND' (functions and variables below are exported for it)
   local deadline=$((SECONDS + $1))
@@ -49,10 +50,15 @@ if daemons_alive && node_up; then
   say "already running: partition $partition, node $host $(node_state) (SLURM_CONF=$SLURM_CONF)"
   exit 0
 fi
-[ "$(id -u)" -eq 0 ] || {
-  echo "local-cluster: error: start.sh needs root (sudo bash $0)" >&2
+if [ "$(id -u)" -ne 0 ]; then # other users may not read every PID file: sinfo answering is enough for them
+  if [ -r "$SLURM_CONF" ] && node_up; then
+    say "already running: partition $partition, node $host $(node_state) (SLURM_CONF=$SLURM_CONF)"
+    exit 0
+  fi
+  echo "local-cluster: error: starting the cluster needs root (sudo make cluster-up, or sudo bash $0)" >&2
   exit 1
-}
+fi
+bash "$here/install.sh" # the Debian packages, when missing (a fresh machine); says so in one line otherwise
 mkdir -p "$state"/{log,ctld,spool,dev,etc,munge,mysqld}
 chmod 755 "$state"
 

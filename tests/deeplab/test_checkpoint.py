@@ -54,3 +54,8 @@ def test_a_write_cut_short_by_a_full_filesystem_is_reported_as_such(small_fs: Pa
         save_checkpoint(path, _state(2_000_000, 2))  # 8 MB does not
     assert load_checkpoint(path)["iteration"] == 1
     assert sorted(p.name for p in small_fs.iterdir()) == [CHECKPOINT_NAME]
+
+
+def test_a_directory_is_not_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(DeeplabError, match="is a directory \\(expected RUN_DIR/checkpoint.pt\\)"):
+        load_checkpoint(tmp_path)

@@ -83,6 +83,46 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
         load_config(evil)
 
 
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("optim.lr=.nan", "optim.lr must be a finite number, got nan"),
+        ("optim.lr=.inf", "optim.lr must be a finite number, got inf"),
+        ("optim.lr=1e999", "optim.lr must be a finite number, got inf"),  # a string in YAML 1.1, inf as a float
+        ("optim.momentum=-.Inf", "optim.momentum must be a finite number"),
+        ("loss.ohem_thresh='NaN'", "loss.ohem_thresh must be a finite number"),
+        ("data.mean=[0.4, .nan, 0.4]", "data.mean[1] must be a finite number"),
+        ("eval.scales=[1.0, 1e999]", "eval.scales[1] must be a finite number"),
+        ("data.crop_size=[8, 8]", "data.crop_size must be >= 32 each"),
+        ("data.synthetic={height: 100000}", "data.synthetic.height/width must be in 32..4096 x 32..8192"),
+        ("model.num_classes=21", "model.num_classes must be 19 (the evaluated train ids"),
+        ("model.num_classes=34", "model.num_classes must be 19"),
+        ("loss.ignore_index=0", "loss.ignore_index must be 255"),
+        ("train.seed=-1", "train.seed must be in 0..4294967295"),
+        ("train.seed=4294967296", "train.seed must be in 0..4294967295"),
+        (f"train.seed={2**40}", "train.seed must be in 0..4294967295"),
+        ("data.synthetic={seed: -5}", "data.synthetic.seed must be in 0..4294967295"),
+        ("train.seed=1.5", "train.seed must be an integer"),
+        ("model={backbone: resnet50, backbone: resnet101}", "duplicate key 'backbone'"),
+    ],
+)
+def test_numbers_the_run_cannot_use_are_refused(tmp_path: Path, override: str, needle: str) -> None:
+    (tmp_path / "c.yaml").write_text("data: {synthetic: {train: 2, val: 1}}\n")
+    with pytest.raises(DeeplabError) as err:
+        load_config(tmp_path / "c.yaml", [override])
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_seed_range_ends_are_accepted() -> None:
+    assert from_dict({"train": {"seed": 2**32 - 1}, "data": {"synthetic": {"seed": 0}}}).train.seed == 2**32 - 1
+
+
+def test_duplicate_sections_in_a_file_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("model:\n  backbone: resnet50\ntrain: {seed: 1}\nmodel:\n  output_stride: 8\n")
+    with pytest.raises(DeeplabError, match=r"c.yaml line 4: duplicate key 'model' \(first at line 1\)"):
+        load_config(tmp_path / "c.yaml")
+
+
 def test_hash_ignores_execution_only_fields_but_not_science() -> None:
     base = Config()
     same = from_dict({"data": {"num_workers": 0}, "train": {"log_every": 1, "checkpoint_every": 7}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,15 @@ from PIL import Image
 from tiny import tiny_config
 
 from deeplab.config import DataConfig, SynthConfig
+from deeplab.data.check import check_pair, check_split
 from deeplab.data.cityscapes import CityscapesSegmentation
 from deeplab.data.loader import build_train_loader
+from deeplab.data.png import label_header, read_label_ids
 from deeplab.data.synth import ensure_synthetic, synthesize
 from deeplab.data.transforms import EvalTransform, TrainTransform
 from deeplab.errors import DeeplabError
 from deeplab.labels import id_to_train_id_lut
+from deeplab.progress import CountProgress
 
 
 def test_layout_names_and_train_ids(tiny_data: Path) -> None:
@@ -41,6 +45,11 @@ def test_synthetic_data_is_deterministic_and_refuses_to_overwrite(tmp_path: Path
         assert fa.read_bytes() == (b / fa.relative_to(a)).read_bytes()
     with pytest.raises(DeeplabError, match="exists and is not empty"):
         synthesize(a, train=1, val=1, height=32, width=64)
+    with pytest.raises(DeeplabError, match="--height must be in 32..4096"):
+        synthesize(tmp_path / "huge", train=1, val=1, height=100_000, width=64)
+    with pytest.raises(DeeplabError, match="--seed must be in 0..4294967295"):
+        synthesize(tmp_path / "seed", train=1, val=1, height=32, width=64, seed=2**32)
+    assert not (tmp_path / "huge").exists() and not (tmp_path / "seed").exists()
     ensure_synthetic(a, SynthConfig(train=1, val=1, height=32, width=32))  # exists: left alone
     assert len(list((a / "leftImg8bit" / "train").rglob("*.png"))) == 2
 
@@ -146,3 +155,108 @@ def test_two_rank_slices_equal_one_rank_batch_and_resume(tiny_data: Path) -> Non
         tiny_config(tiny_data, **{"data.batch_size_per_gpu": 4, "data.num_workers": 2}), 0, 1, 1
     )
     assert torch.equal(next(workers)[0], batches[1][0])
+
+
+def _label_of(root: Path, split: str, index: int = 0) -> Path:
+    return sorted((root / "gtFine" / split).rglob("*_labelIds.png"))[index]
+
+
+def _image_of(root: Path, split: str, index: int = 0) -> Path:
+    return sorted((root / "leftImg8bit" / split).rglob("*_leftImg8bit.png"))[index]
+
+
+def test_label_pngs_are_read_as_the_official_evaluation_reads_ids_or_named(tiny_data: Path, tmp_path: Path) -> None:
+    ids = np.array(Image.open(_label_of(tiny_data, "val")))
+    Image.fromarray(ids.astype(np.uint16)).save(tmp_path / "u16.png")  # 16-bit, every id valid: the same labels
+    assert torch.equal(read_label_ids(tmp_path / "u16.png"), torch.from_numpy(ids))
+    high = ids.astype(np.uint16)
+    high[3, 5] = 300
+    Image.fromarray(high).save(tmp_path / "u16_300.png")
+    Image.fromarray(ids).convert("P").save(tmp_path / "palette.png")
+    Image.fromarray(np.stack([ids, ids], -1), mode="LA").save(tmp_path / "grey_alpha.png")
+    good = _label_of(tiny_data, "val").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(good[: len(good) // 2])
+    Image.fromarray(ids).save(tmp_path / "jpeg.png", format="JPEG")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "zeros.png").write_bytes(good[:60] + bytes(len(good) - 72) + good[-12:])
+    flipped = bytearray(good)
+    flipped[-13] ^= 0x01  # the last byte of the last IDAT's CRC: decode_png would segfault on it
+    (tmp_path / "crc.png").write_bytes(flipped)
+    cases = {
+        "u16_300.png": "label id 300 is not a Cityscapes label id",
+        "palette.png": "palette (colour) image",
+        "grey_alpha.png": "must be single-channel label ids, got 2 channels",
+        "truncated.png": f"truncated PNG ({len(good) // 2} bytes, no IEND chunk at the end)",
+        "jpeg.png": "not a PNG (JPEG data)",
+        "empty.png": "empty file (0 bytes)",
+        "zeros.png": "chunk at byte 33 fails its CRC check",
+        "crc.png": "IDAT chunk at byte",
+        "missing.png": "file not found",
+    }
+    for name, needle in cases.items():
+        with pytest.raises(DeeplabError) as err:
+            read_label_ids(tmp_path / name)
+        assert str(err.value).startswith(f"{tmp_path / name}: ") or "not found" in needle, str(err.value)
+        assert needle in str(err.value) and "\n" not in str(err.value), (name, str(err.value))
+    with pytest.raises(DeeplabError, match="label PNG is a palette"):
+        label_header(tmp_path / "palette.png")
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def test_a_broken_stream_with_sound_crcs_is_named_not_a_crash(tiny_data: Path, tmp_path: Path) -> None:
+    """Scanlines with an invalid filter type, every CRC right: torchvision 0.29.1's decode_png segfaults on such a
+    file (libpng: "bad adaptive filter value"); the data check decodes with PIL first and names it."""
+    root = tmp_path / "cs"
+    shutil.copytree(tiny_data, root)
+    label = _label_of(root, "val")
+    ids = np.array(Image.open(label))
+    rows = b"".join(b"\x09" + row.tobytes() for row in ids)  # filter types are 0..4
+    ihdr = ids.shape[1].to_bytes(4, "big") + ids.shape[0].to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    label.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b"")
+    )
+    problems = check_pair(_image_of(root, "val"), label)
+    assert len(problems) == 1 and problems[0].startswith(f"{label}: not a readable PNG: corrupt PNG ("), problems
+
+
+def test_data_check_decodes_in_processes_and_lists_every_bad_file(tiny_data: Path, tmp_path: Path) -> None:
+    root = tmp_path / "cs"
+    shutil.copytree(tiny_data, root)
+    broken = {
+        _label_of(root, "train", 0): "label id 300",
+        _image_of(root, "train", 1): "truncated PNG",
+        _label_of(root, "train", 2): "palette (colour) image",
+        _image_of(root, "train", 3): "not a PNG (JPEG data)",
+        _label_of(root, "val", 0): "but its image is",
+        _label_of(root, "val", 1): "has no label",
+    }
+    ids = np.array(Image.open(_label_of(root, "train", 0))).astype(np.uint16)
+    ids[0, 0] = 300
+    Image.fromarray(ids).save(_label_of(root, "train", 0))
+    image = _image_of(root, "train", 1)
+    image.write_bytes(image.read_bytes()[:-100])
+    Image.open(_label_of(root, "train", 2)).convert("P").save(_label_of(root, "train", 2))
+    Image.open(_image_of(root, "train", 3)).save(_image_of(root, "train", 3), format="JPEG")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(_label_of(root, "val", 0))
+    _label_of(root, "val", 1).unlink()
+    found = [*check_split(root, "train", workers=2).problems, *check_split(root, "val", workers=2).problems]
+    assert len(found) == len(broken), found
+    for path, needle in broken.items():
+        assert [p for p in found if str(path) in p and needle in p], (path, needle, found)
+    headers = check_split(root, "train", decode=False).problems  # without decoding: what the headers tell
+    assert len(headers) == 2 and [p for p in headers if "palette" in p] and [p for p in headers if "JPEG" in p]
+    assert check_split(tiny_data, "train", workers=2).problems == []
+
+
+def test_count_progress_prints_lines_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    bar = CountProgress("data check val", 3, mode="lines", every_s=0.0)
+    for note in ("", "1 bad", "1 bad"):
+        bar.advance(note)
+    bar.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("data check val: 1/3 (33%), eta ") and lines[-1].startswith(
+        "data check val: 3/3 (100%), 1 bad"
+    )

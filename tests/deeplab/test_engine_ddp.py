@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from tiny import tiny_config
 from torch import nn
 
 from deeplab.checkpoint import load_checkpoint
-from deeplab.distributed import cleanup
+from deeplab.distributed import cleanup, init_distributed
 from deeplab.engine import train
+from deeplab.errors import DeeplabError
 from deeplab.loss import GlobalMeanCrossEntropy
 from deeplab.model import DeepLabV3Plus
 from deeplab.norm import convert_sync_batchnorm
@@ -118,3 +120,21 @@ def test_engine_two_gloo_ranks_track_one_process(tiny_data: Path, tmp_path: Path
     worst = max(ratios, key=ratios.get)
     print(f"worst relative update difference {ratios[worst]:.3g} ({worst})")
     assert ratios[worst] < 0.2, f"{worst}: {ratios[worst]:.3g}"  # measured 0.035
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' must be an integer"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be >= 1"),
+        ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 must be below WORLD_SIZE=2"),
+        ({"LOCAL_RANK": "-1"}, "LOCAL_RANK=-1 must be >= 0"),
+    ],
+)
+def test_a_launcher_environment_that_cannot_be_is_named(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(DeeplabError, match=re.escape(needle)):
+        init_distributed("cpu")

@@ -89,6 +89,9 @@ def _write(path: Path, array: np.ndarray) -> None:
         ("corrupt", "cannot read prediction"),
         ("rgb", "has several channels"),
         ("bad_id", "holds label id 200"),
+        ("palette_gt", "ground truth"),
+        ("u16_gt", "holds label id 300"),
+        ("truncated", "truncated PNG"),
     ],
 )
 def test_errors_name_the_file(tmp_path: Path, case: str, needle: str) -> None:
@@ -110,8 +113,27 @@ def test_errors_name_the_file(tmp_path: Path, case: str, needle: str) -> None:
         _write(pred_file, np.zeros((8, 8, 3), np.uint8))
     if case == "bad_id":
         _write(pred_file, np.full((8, 8), 200, np.uint8))
+    if case == "palette_gt":
+        Image.fromarray(np.full((8, 8), 7, np.uint8)).convert("P").save(gt_file)
+    if case == "u16_gt":
+        _write(gt_file, np.full((8, 8), 300, np.uint16))
+    if case in ("palette_gt", "u16_gt", "truncated"):
+        _write(pred_file, np.full((8, 8), 7, np.uint8))
+    if case == "truncated":
+        pred_file.write_bytes(pred_file.read_bytes()[:45])  # into the pixel data
     with pytest.raises(DeeplabError, match=re.escape(needle)):
         score_folder(root, pred, "val")
+
+
+def test_palette_predictions_are_read_as_ids_like_the_official_evaluation(tmp_path: Path) -> None:
+    """mmsegmentation writes its Cityscapes predictions as palette PNGs whose indices are label ids."""
+    root, pred = tmp_path / "gt", tmp_path / "pred"
+    _write(
+        root / "gtFine" / "val" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png", np.full((8, 8), 7, np.uint8)
+    )
+    pred.mkdir()
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).convert("P").save(pred / "aachen_000000_000019_x.png")
+    assert score_folder(root, pred, "val").miou == 1.0
 
 
 def test_cli_prints_table_and_writes_json(tmp_path: Path) -> None:

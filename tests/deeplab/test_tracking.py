@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from deeplab.errors import DeeplabError
 from deeplab.tracking import JsonlTracker, iou_metric_name
 
 
@@ -52,3 +55,13 @@ def test_params_tags_and_artifacts(tmp_path: Path) -> None:
 
 def test_iou_metric_names_have_no_spaces() -> None:
     assert iou_metric_name("traffic light") == "val/IoU/traffic_light"
+
+
+def test_files_in_the_run_dir_that_are_not_ours_are_named(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"key": "train/loss", "step": 1, "value": 0.5}\n[not a point]\n')
+    with pytest.raises(DeeplabError, match=r"metrics.jsonl line 2: not a metric point"):
+        JsonlTracker(tmp_path)
+    (tmp_path / "metrics.jsonl").unlink()
+    (tmp_path / "tags.json").write_text("{truncated")
+    with pytest.raises(DeeplabError, match=r"tags.json: not JSON written by this project"):
+        JsonlTracker(tmp_path).set_tags({"status": "RUNNING"})

@@ -70,7 +70,7 @@ def slurm_cluster() -> LocalCluster:
     """The running local cluster; skipped when it is down, except in CI (which starts it first) where it fails."""
     cluster = _find_cluster()
     if cluster is None:
-        message = "the local SLURM cluster is not up: run `make cluster-up` (slurm/local-cluster/start.sh)"
+        message = "the local SLURM cluster is not up: run `sudo make cluster-up` (slurm/local-cluster/start.sh)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

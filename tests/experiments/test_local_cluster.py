@@ -4,12 +4,14 @@ scripts users run on it: train.sbatch trains with two ranks and requeues itself 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -160,6 +162,60 @@ def test_shell_scripts_parse_and_stop_by_pid_files_only() -> None:
         assert text.startswith("#!/usr/bin/env bash\n") and "set -" in text, script
     if shutil.which("shellcheck"):
         assert subprocess.run(["shellcheck", "-S", "warning", *map(str, scripts)]).returncode == 0
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
+
+@pytest.fixture
+def repo_copy() -> Iterator[Path]:
+    """The Makefile and the cluster scripts in a directory the unprivileged user can read (pytest's tmp is 0700)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root to run the scripts as another user (setpriv)")
+    root = Path(tempfile.mkdtemp(prefix="cluster-up."))
+    shutil.copy(REPO / "Makefile", root)
+    shutil.copytree(SCRIPTS / "local-cluster", root / "slurm" / "local-cluster")
+    for path in (root, *root.rglob("*")):
+        path.chmod(0o755)
+    yield root
+    shutil.rmtree(root)
+
+
+def _as_nobody(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    base = {"PATH": os.environ["PATH"], "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+    return subprocess.run([*NOBODY, *argv], cwd=cwd, env={**base, **env}, capture_output=True, text=True, timeout=60)
+
+
+def test_cluster_up_as_another_user_fails_in_one_line_and_touches_nothing(repo_copy: Path) -> None:
+    state = repo_copy / "state"
+    for argv in (["make", "-s", "cluster-up"], ["bash", "slurm/local-cluster/start.sh"]):
+        done = _as_nobody(argv, repo_copy, {"SLURM_LOCAL_DIR": str(state)})
+        ours = [line for line in done.stderr.splitlines() if not line.startswith("make: ***")]
+        assert done.returncode != 0 and ours == [
+            "local-cluster: error: starting the cluster needs root (sudo make cluster-up, or sudo bash "
+            "slurm/local-cluster/start.sh)"
+        ], done.stderr
+        assert done.stdout == "" and not state.exists()
+    # a fresh machine (simulated: a dpkg-query that knows no package, since these packages are installed here)
+    fake = repo_copy / "fakebin"
+    fake.mkdir(mode=0o755)
+    (fake / "dpkg-query").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "dpkg-query").chmod(0o755)
+    done = _as_nobody(["bash", "slurm/local-cluster/install.sh"], repo_copy, {"PATH": f"{fake}:{os.environ['PATH']}"})
+    assert done.returncode == 1 and done.stderr.splitlines() == [
+        "local-cluster: error: installing slurm-wlm slurmdbd munge mariadb-server needs root "
+        "(sudo bash slurm/local-cluster/install.sh)"
+    ], done.stderr
+
+
+@pytest.mark.slurm
+def test_cluster_up_on_a_running_cluster_says_so_to_anyone(slurm_cluster: LocalCluster, repo_copy: Path) -> None:
+    state = slurm_cluster.state_dir
+    if _as_nobody(["test", "-r", str(state / "etc" / "slurm.conf")], repo_copy, {}).returncode != 0:
+        pytest.skip(f"{state} is not readable by other users")
+    done = _as_nobody(["make", "-s", "cluster-up"], repo_copy, {"SLURM_LOCAL_DIR": str(state)})
+    assert done.returncode == 0 and done.stdout.startswith("local-cluster: already running: partition "), done
+    assert done.stderr == ""
 
 
 def _profile(name: str) -> dict:

@@ -55,12 +55,28 @@ def _spec(tmp_path: Path, body: str, name: str = "spec.yaml") -> Path:
         ("grid: {train.seed: [0]}\nanalysis: {margin: -1}\n", "analysis.margin must be a positive number"),
         ("grid: {train.seed: [0]}\nanalysis: {margin: .nan}\n", "analysis.margin must be a positive number"),
         ("grid: {train.seed: [0]}\nanalysis: 0.5\n", "analysis must be a mapping"),
+        ("grid: {train.seed: [0]}\ngrid: {train.seed: [1]}\n", "line 4: duplicate key 'grid' (first at line 3)"),
+        ("grid:\n  train.seed: [0]\n  train.seed: [1]\n", "line 5: duplicate key 'train.seed' (first at line 4)"),
+        ("grid: {1: [0]}\n", "grid key 1 must be a string"),
+        ("grid: {null: [0]}\n", "grid key None must be a string"),
+        ("grid: {train.seed: [0]}\noverrides: {[a]: 1}\n", "not valid YAML"),
+        ("grid: {train.seed: [0]}\noverrides: {true: 1}\n", "overrides key True must be a string"),
+        ("grid: {train.seed: [0]}\noverrides: [train.seed]\n", "overrides must be a mapping"),
+        ("grid: {train.seed: [-1]}\n", "train.seed must be in 0..4294967295"),
+        ("grid: {optim.lr: [.nan]}\n", "optim.lr must be a finite number"),
+        ("grid: {model.num_classes: [19, 21]}\n", "model.num_classes must be 19"),
+        ("grid: {train.seed: [0]}\nexecutor: {slurm: {mem: 4G, mem: 8G}}\n", "duplicate key 'mem'"),
     ],
 )
 def test_bad_specs_are_named(tmp_path: Path, body: str, needle: str) -> None:
     with pytest.raises(ExperimentsError) as err:
         expand_grid(load_spec(_spec(tmp_path, body)))
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_directory_is_not_a_spec(tmp_path: Path) -> None:
+    with pytest.raises(ExperimentsError, match="is a directory, expected a YAML file"):
+        load_spec(tmp_path)
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

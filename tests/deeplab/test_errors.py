@@ -1,0 +1,42 @@
+"""How every CLI prints errors: ours and environmental OSErrors as one line + exit 2; a bug keeps its traceback."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+
+import pytest
+
+from deeplab.errors import DeeplabError, run_command
+
+
+def _raising(err: BaseException) -> argparse.Namespace:
+    def func(_args: argparse.Namespace) -> int:
+        raise err
+
+    return argparse.Namespace(func=func)
+
+
+@pytest.mark.parametrize(
+    ("err", "line"),
+    [
+        (DeeplabError("config: train.seed must be >= 0,\n got -1"), "error: config: train.seed must be >= 0, got -1"),
+        (PermissionError(errno.EACCES, "Permission denied", "/data/x.png"), "error: /data/x.png: Permission denied"),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/runs/a", None, "/runs/b"),
+            "error: /runs/a -> /runs/b: No space",
+        ),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), "error: [Errno 111] Connection refused"),
+    ],
+)
+def test_user_and_environment_errors_are_one_line(err: BaseException, line: str, capsys) -> None:
+    assert run_command(_raising(err)) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), lines
+
+
+def test_a_bug_keeps_its_traceback() -> None:
+    with pytest.raises(ZeroDivisionError):
+        run_command(_raising(ZeroDivisionError("a bug")))
+    with pytest.raises(ValueError, match="not ours to hide"):
+        run_command(_raising(ValueError("not ours to hide")))
