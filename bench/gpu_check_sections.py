@@ -57,7 +57,7 @@ class Sizes:
 
     @classmethod
     def smoke(cls) -> Sizes:
-        return cls(64, 2, 3, 1, 2, (32, 64), 1, (128, 256), 4, (1, 2), 0.5, 256, 1)
+        return cls(32, 2, 3, 1, 1, (32, 64), 1, (128, 256), 4, (1, 2), 0.5, 256, 1)
 
 
 @dataclass
