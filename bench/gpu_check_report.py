@@ -24,7 +24,7 @@ def _header(report: dict) -> list[str]:
         "",
         f"torch {env.get('torch', '?')}, torchvision {env.get('torchvision', '?')}, cuDNN {env.get('cudnn', '–')}, "
         f"{env.get('memory_gib', '–')} GiB, {env.get('cpu_count', '?')} CPUs; cuDNN TF32 "
-        f"{'on' if env.get('cudnn_allow_tf32') else 'off'} (so 'fp32' convs run on TF32 tensor cores). Measured "
+        f"{'on' if env.get('cudnn_allow_tf32') else 'off'} (on a GPU: 'fp32' convs run on TF32 tensor cores). Measured "
         f"matmul ceilings: bf16 {_f(ceil.get('bf16'))}, fp32/TF32 {_f(ceil.get('fp32'))} TFLOP/s; datasheet "
         f"{env.get('datasheet_tflops') or 'unknown for this device'}. Random initial weights throughout.",
         "",

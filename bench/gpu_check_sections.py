@@ -294,3 +294,31 @@ def _sync_function_vs_batchnorm(device: torch.device) -> dict:
     rel = max(float((a - c).norm() / c.norm()) for a, c in zip((y, *grads), (ref, *ref_grads), strict=True))
     syncs = sum("synchroniz" in str(c.message) for c in caught)
     return {"function_rel_diff": rel, "function_ok": rel < 1e-4, "function_forward_syncs": syncs}
+
+
+def main() -> None:
+    """The CPU measurement behind TOLERANCE: fp32 vs bf16 (and + channels_last), same init and batches."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--crop", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=30)
+    args = parser.parse_args()
+    sizes = Sizes(crop=args.crop, batch=args.batch, iterations=args.iterations)
+    ctx = Ctx(sizes, torch.device("cpu"), time.monotonic() + 1e9, lambda _key, _value: None)
+    learn = {"schedule.warmup": "none", "schedule.warmup_iters": 0, "train.iterations": args.iterations}
+    runs = {name: _losses(seed_config("resnet50", sizes, amp, cl, **learn), ctx) for name, (amp, cl) in MODES.items()}
+    tail = max(1, args.iterations // 3)
+    for name, run in runs.items():
+        base = runs["bf16"] if name == "bf16+channels_last" else runs["fp32"]
+        late = abs(sum(run[-tail:]) - sum(base[-tail:])) / sum(base[-tail:])
+        worst = max(abs(a - b) / b for a, b in zip(run, base, strict=True))
+        print(
+            f"{name:20s} first {run[0]:.4f} (rel {abs(run[0] - base[0]) / base[0]:.1e})  last-{tail} mean "
+            f"{sum(run[-tail:]) / tail:.4f} (rel {late:.3f})  worst single step rel {worst:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

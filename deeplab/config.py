@@ -61,7 +61,7 @@ class ModelConfig:
     aspp_channels: int = 256
     low_level_channels: int = 48
     decoder_channels: int = 256
-    sync_bn: bool = True  # only takes effect with world size > 1 on GPU
+    sync_bn: bool = True  # world size > 1: torch's SyncBatchNorm on GPUs, deeplab.norm.CpuSyncBatchNorm on CPU
 
 
 @dataclass
