@@ -54,10 +54,12 @@ class Sizes:
     data_seconds: float = 4.0
     matmul: int = 8192
     rounds: int = 4  # ABAB rounds of the sync-cost comparisons
+    head: dict = field(default_factory=dict)  # config overrides of the head's widths (the smoke's are narrow)
 
     @classmethod
     def smoke(cls) -> Sizes:
-        return cls(32, 2, 3, 1, 1, (32, 64), 1, (128, 256), 4, (1, 2), 0.5, 256, 1)
+        narrow = {"model.aspp_channels": 32, "model.low_level_channels": 8, "model.decoder_channels": 32}
+        return cls(32, 2, 3, 1, 1, (32, 64), 1, (128, 256), 4, (1, 2), 0.5, 256, 1, narrow)
 
 
 @dataclass
@@ -85,6 +87,7 @@ def seed_config(backbone: str, sizes: Sizes, amp: str = "none", channels_last: b
         "train.channels_last": channels_last,
         "data.crop_size": [sizes.crop, sizes.crop],
         "data.batch_size_per_gpu": sizes.batch,
+        **sizes.head,
         **extra,
     }
     return load_config(REPO / PRESETS[backbone], overrides)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -49,14 +50,16 @@ def section_speed(ctx: Ctx, backbone: str) -> None:
     """s/step, images/s and TFLOP/s per mode; then the cost of per-step syncs (ours, and SyncBN's per layer)."""
     batches = [structured_batch(i, ctx.sizes, ctx.device) for i in range(2)]  # two, so no single batch sits in cache
     modes = {}
+    parts = build_parts(seed_config(backbone, ctx.sizes), one_gpu(ctx.device))  # one model for every mode
+    modes["flops"] = step_flops(parts, batches[0])
     for mode, (amp, channels_last) in MODES.items():
         if ctx.left() < 5:
-            break
+            return
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(ctx.device)
-        parts = build_parts(seed_config(backbone, ctx.sizes, amp, channels_last), one_gpu(ctx.device))
-        if "flops" not in modes:
-            modes["flops"] = step_flops(parts, batches[0])
+        if channels_last:
+            parts.model.to(memory_format=torch.channels_last)  # in place: the optimizer keeps its parameters
+        parts = dataclasses.replace(parts, amp=amp, channels_last=channels_last)
         seconds = time_steps(parts, batches, ctx)
         modes[mode] = {
             "s_per_step": seconds,
@@ -64,10 +67,8 @@ def section_speed(ctx: Ctx, backbone: str) -> None:
             "mem_gib": _peak_memory_gib(ctx),
         }
         ctx.record("modes", modes)
-        del parts
     if ctx.left() < 10:
         return
-    parts = build_parts(seed_config(backbone, ctx.sizes, "bf16", True), one_gpu(ctx.device))
     if backbone == "resnet50":  # our one sync per step, against none until the end
         arms = {
             "plain": lambda: time_steps(parts, batches, ctx),
