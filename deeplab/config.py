@@ -73,7 +73,7 @@ class ModelConfig:
     aspp_channels: int = 256
     low_level_channels: int = 48
     decoder_channels: int = 256
-    sync_bn: bool = True  # only takes effect with world size > 1 on GPU
+    sync_bn: bool = True  # world size > 1: torch's SyncBatchNorm on GPUs, deeplab.norm.CpuSyncBatchNorm on CPU
     # Seed-fidelity switches (docs/deviations.md); the defaults are this project's clean choices.
     align_corners: bool = False  # bilinear upsampling in the head and the evaluator (seed: true)
     dilate_first_block: bool = False  # dilate a dilated stage's first block too (seed: layer4 2,2,2; torchvision 1,2,2)

@@ -1,4 +1,4 @@
-"""Process-group set-up from the environment (torchrun variables) and small reductions."""
+"""Process-group set-up from the environment (torchrun variables); the per-step agreement is deeplab.step.agree."""
 
 from __future__ import annotations
 
@@ -59,23 +59,6 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True when ``flag`` is set on any rank (all ranks get the same answer)."""
-    if not is_distributed():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def mean_over_ranks(value: float, device: torch.device) -> float:
-    if not is_distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item()) / dist.get_world_size()
 
 
 def cleanup() -> None:

@@ -8,6 +8,7 @@ and returns ``status="interrupted"``.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 import time
@@ -16,19 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from deeplab.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from deeplab.config import Config, config_hash, flatten, save_config, to_dict
+from deeplab.data.cityscapes import CityscapesSegmentation
 from deeplab.data.loader import build_train_loader, build_val_dataset, check_data
-from deeplab.distributed import DistInfo, any_rank, init_distributed, mean_over_ranks
+from deeplab.distributed import DistInfo, init_distributed
 from deeplab.errors import DeeplabError
-from deeplab.evaluate import autocast
-from deeplab.loss import build_loss
-from deeplab.model import build_model, model_info
-from deeplab.norm import convert_sync_batchnorm
+from deeplab.model import model_info
 from deeplab.progress import Progress
-from deeplab.schedule import build_optimizer, build_scheduler
+from deeplab.step import LossWindow, TrainParts, agree, build_parts, train_step
 from deeplab.tracking import ITER_TIME, TRAIN_LOSS, TRAIN_LR, NullTracker, Tracker
 from deeplab.validation import validate
 
@@ -69,34 +67,7 @@ def signal_handlers(flag: StopFlag, signals: tuple[int, ...] = (signal.SIGTERM, 
             signal.signal(s, handler)
 
 
-@dataclass
-class _Parts:
-    model: torch.nn.Module  # unwrapped
-    net: torch.nn.Module  # DDP-wrapped when distributed
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    criterion: torch.nn.Module
-
-
-def _build(cfg: Config, info: DistInfo) -> _Parts:
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model).to(info.device)
-    if info.world_size > 1 and cfg.model.sync_bn:
-        model = convert_sync_batchnorm(model, info.device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.train.amp == "fp16" and info.device.type == "cuda")
-    net = model
-    if info.world_size > 1:
-        ids = [info.device.index] if info.device.type == "cuda" else None
-        net = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
-    return _Parts(model, net, optimizer, scheduler, scaler, build_loss(cfg.loss).to(info.device))
-
-
-def _resume(path: Path, cfg: Config, parts: _Parts) -> dict:
+def _resume(path: Path, cfg: Config, parts: TrainParts) -> dict:
     state = load_checkpoint(path)
     if state["config_hash"] != config_hash(cfg):
         old = flatten(state["config"])
@@ -119,7 +90,7 @@ def _resume(path: Path, cfg: Config, parts: _Parts) -> dict:
 
 
 def _checkpoint(
-    path: Path, cfg: Config, parts: _Parts, iteration: int, window: dict, final_metrics: dict | None = None
+    path: Path, cfg: Config, parts: TrainParts, iteration: int, window: dict, final_metrics: dict | None = None
 ) -> None:
     """A resumable checkpoint, or with ``final_metrics`` a finished run's: weights (none when
     ``train.keep_weights`` is false), config and metrics. Optimizer, scheduler and RNG state only serve a resume,
@@ -179,7 +150,7 @@ def train(
         torch.backends.cudnn.benchmark = False
     check_data(cfg, progress if info.is_main else "off")  # data errors surface before anything is written
     val_dataset = build_val_dataset(cfg)
-    parts = _build(cfg, info)
+    parts = build_parts(cfg, info)
     ckpt_path = run_dir / CHECKPOINT_NAME
     if info.is_main:  # temp files of writes cut short by a kill -9 are never loaded: clear them
         for stale in run_dir.glob(f".{CHECKPOINT_NAME}.tmp-*"):
@@ -195,80 +166,85 @@ def train(
     batches = build_train_loader(cfg, info.rank, info.world_size, start)
     bar = Progress(progress, cfg.train.iterations, start, enabled=info.is_main)
     try:
-
-        def validate_at(iteration: int) -> None:
-            validate(cfg, parts.model, val_dataset, info, tracker, run_dir, iteration, final=False)
-
-        done = _loop(cfg, run_dir, parts, info, tracker, stop, bar, batches, start, window, validate_at, on_iteration)
+        window = LossWindow(info.device, window, info.rank)
+        run = _Run(cfg, run_dir, info, parts, tracker, stop, bar, val_dataset, window, on_iteration)
+        done = _loop(run, batches, start)
         if done < cfg.train.iterations:
             bar.message(f"stop requested: checkpoint at iteration {done} written to {ckpt_path}")
             return TrainResult("interrupted", done)
-        metrics = validate(cfg, parts.model, val_dataset, info, tracker, run_dir, done, final=True)
-        tracker.flush()
-        if info.is_main:
-            _checkpoint(ckpt_path, cfg, parts, done, window, metrics)
+        metrics = run.validate(done, final=True)
+        run.checkpoint(done, metrics)
         bar.message(f"finished: val mIoU {100 * metrics['val/mIoU']:.2f} at iteration {done}")
         return TrainResult("finished", done, metrics)
     finally:
         bar.close()
 
 
-def _loop(
-    cfg: Config,
-    run_dir: Path,
-    parts: _Parts,
-    info: DistInfo,
-    tracker: Tracker,
-    stop: StopFlag,
-    bar: Progress,
-    batches: Iterator,
-    start: int,
-    window: dict,
-    validate_at: Callable[[int], None],
-    on_iteration: Callable[[int], None] | None,
-) -> int:
-    """Iterations ``start+1 … iterations``; returns the number of completed iterations."""
-    t = cfg.train
-    ckpt_path = run_dir / CHECKPOINT_NAME
-    parts.net.train()
+@dataclass
+class _Run:
+    """Everything the loop needs about one run, built once by ``train()``; the log window lives on the device."""
+
+    cfg: Config
+    run_dir: Path
+    info: DistInfo
+    parts: TrainParts
+    tracker: Tracker
+    stop: StopFlag
+    bar: Progress
+    val_dataset: CityscapesSegmentation
+    window: LossWindow
+    on_iteration: Callable[[int], None] | None = None
+
+    def log(self, iteration: int, lr: float) -> float:
+        loss = self.window.mean(self.info.world_size)
+        metrics = {TRAIN_LOSS: loss, TRAIN_LR: lr, ITER_TIME: self.window.time / self.window.count}
+        self.tracker.log_metrics(metrics, iteration)
+        self.window.reset()
+        return loss
+
+    def validate(self, iteration: int, final: bool) -> dict[str, float]:
+        return validate(
+            self.cfg, self.parts.model, self.val_dataset, self.info, self.tracker, self.run_dir, iteration, final=final
+        )
+
+    def checkpoint(self, iteration: int, final_metrics: dict | None = None) -> None:
+        """Rank 0 writes (the tracker is flushed first, so metrics are never behind a checkpoint)."""
+        self.tracker.flush()
+        if self.info.is_main:
+            path = self.run_dir / CHECKPOINT_NAME
+            _checkpoint(path, self.cfg, self.parts, iteration, self.window.state(), final_metrics)
+
+
+def _loop(run: _Run, batches: Iterator, start: int) -> int:
+    """Iterations ``start+1 … iterations``; returns the number of completed iterations.
+
+    Each iteration syncs host and device once, in ``agree``: the stop flag and the divergence check ride on one
+    collective, and the loss reaches the host with it (logged every ``log_every``). ``on_iteration(i)`` runs before
+    that, so a stop it requests takes effect at ``i``.
+    """
+    t = run.cfg.train
+    run.parts.ddp_model.train()
     for done in range(start + 1, t.iterations + 1):
         tick = time.perf_counter()
+        lr = run.parts.optimizer.param_groups[0]["lr"]
         images, masks = next(batches)
-        images, masks = images.to(info.device, non_blocking=True), masks.to(info.device, non_blocking=True)
-        if t.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        lr = parts.optimizer.param_groups[0]["lr"]
-        with autocast(info.device, t.amp):
-            logits = parts.net(images)
-        loss = parts.criterion(logits.float(), masks)
-        value = float(loss.detach())
-        if any_rank(not torch.isfinite(loss.detach()).item(), info.device):
-            raise TrainingDiverged(f"training diverged at iteration {done}: loss is {value} (try a lower optim.lr)")
-        parts.optimizer.zero_grad(set_to_none=True)
-        parts.scaler.scale(loss).backward()
-        parts.scaler.step(parts.optimizer)
-        parts.scaler.update()
-        parts.scheduler.step()
-        window["loss"] += value
-        window["count"] += 1
-        window["time"] += time.perf_counter() - tick
-        logged = None
-        if done % t.log_every == 0:
-            logged = mean_over_ranks(window["loss"] / window["count"], info.device)
-            tracker.log_metrics({TRAIN_LOSS: logged, TRAIN_LR: lr, ITER_TIME: window["time"] / window["count"]}, done)
-            window.update(loss=0.0, count=0, time=0.0)
-        bar.step(done, lr, logged)
-        if on_iteration is not None:
-            on_iteration(done)
+        run.window.add(train_step(run.parts, images, masks))
+        if run.on_iteration is not None:
+            run.on_iteration(done)
+        stopping, window_loss = agree(run.stop.requested, run.window.loss)
+        run.window.close_step(time.perf_counter() - tick, window_loss)
+        if not math.isfinite(window_loss):
+            message = f"training diverged at iteration {done}: loss is {window_loss} (try a lower optim.lr)"
+            raise TrainingDiverged(message)
+        logged = run.log(done, lr) if done % t.log_every == 0 else None
+        run.bar.step(done, lr, logged)
         if done == t.iterations:
             return done
         if t.eval_every and done % t.eval_every == 0:
-            validate_at(done)
-        stopping = any_rank(stop.requested, info.device)
+            run.validate(done, final=False)
+            stopping = stopping or agree(run.stop.requested, run.window.loss)[0]  # a signal during validation
         if stopping or (t.checkpoint_every and done % t.checkpoint_every == 0):
-            tracker.flush()
-            if info.is_main:
-                _checkpoint(ckpt_path, cfg, parts, done, window)
+            run.checkpoint(done)
         if stopping:
             return done
     return start

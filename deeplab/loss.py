@@ -29,16 +29,20 @@ class OhemCrossEntropy(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # Both branches are computed with masks instead of boolean indexing: indexing by a mask sizes its result
+        # from the data, a host sync on a GPU (three per step here). The topk costs about a sort of the batch,
+        # which the seed's code paid too.
         n_min = target.numel() // self.min_kept_divisor
-        pixel_loss = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="none")
-        pixel_loss = pixel_loss.flatten()[target.flatten() != self.ignore_index]
-        if pixel_loss.numel() == 0:
-            return logits.sum() * 0.0  # keeps the graph (and DDP) intact on an all-void batch
-        hard = pixel_loss[pixel_loss > self.loss_thresh]
-        if hard.numel() > n_min:
-            return hard.mean()
+        pixel_loss = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="none").flatten()
+        labelled = target.flatten() != self.ignore_index
+        hard = labelled & (pixel_loss > self.loss_thresh)
+        n_hard = hard.sum()
+        hard_mean = torch.where(hard, pixel_loss, 0.0).sum() / n_hard.clamp_min(1)
         k = min(max(n_min, 1), pixel_loss.numel())
-        return pixel_loss.topk(k, sorted=False).values.mean()
+        top = torch.where(labelled, pixel_loss, -1.0).topk(k, sorted=False).values  # losses are >= 0: -1 = void
+        kept = top != -1.0  # fewer than k labelled pixels: the mean of all of them; a NaN stays (divergence shows)
+        top_mean = torch.where(kept, top, 0.0).sum() / kept.sum().clamp_min(1)
+        return torch.where(n_hard > n_min, hard_mean, top_mean)  # an all-void batch: 0, with the graph intact
 
 
 def build_loss(cfg: LossConfig) -> nn.Module:

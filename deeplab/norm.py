@@ -1,7 +1,11 @@
-"""Synchronised batch norm for DDP: torch's SyncBatchNorm on CUDA, a small all-reduce version on CPU (gloo).
+"""Synchronised batch norm for DDP: torch's SyncBatchNorm on GPUs, a small all-reduce version on CPU (gloo).
 
-torch's SyncBatchNorm refuses CPU tensors; CpuSyncBatchNorm makes a 2-process gloo run compute the same batch
-statistics as one process on the concatenated batch, so CPU tests can pin DDP equivalence.
+GPU runs take torch's ``nn.SyncBatchNorm`` (``convert_sync_batchnorm`` with a CUDA device): its fused kernels, one
+all_gather per layer in forward and one all_reduce in backward. It refuses CPU tensors inside a process group, so
+CPU runs take ``CpuSyncBatchNorm``, which exists so that 2-process gloo tests can pin DDP equivalence (same batch
+statistics as one process on the concatenated batch). Both keep BatchNorm2d's parameter and buffer names, so a
+checkpoint moves between the two. torch's version drops empty ranks' statistics by boolean indexing, a host sync
+per layer on 2+ GPUs (pytorch#78549); bench/gpu_check.py measures what such a sync per layer costs.
 """
 
 from __future__ import annotations

@@ -110,3 +110,11 @@ def test_no_weight_decay_groups(mode: str, bn_exempt: str) -> None:
     assert (backbone_bn <= exempt) == (bn_exempt != "none")
     assert (head_bn <= exempt) == (bn_exempt == "all")
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_ohem_lets_a_nan_through() -> None:
+    """A diverged network must show as a NaN loss (the engine stops on it), not be masked out of the mean."""
+    logits = torch.randn(1, 3, 4, 4)
+    logits[0, :, 0, 0] = float("nan")
+    loss = OhemCrossEntropy(thresh=0.7, min_kept_divisor=1)(logits, torch.randint(0, 3, (1, 4, 4)))
+    assert torch.isnan(loss)

@@ -46,8 +46,9 @@ def test_matches_direct_definition(pair: tuple[list[int], list[int]]) -> None:
 
 
 def test_count_pairs_equals_direct_count_for_every_dtype_and_length() -> None:
-    """The CPU count (int16 codes, 8 position lanes, one cached lane pattern per k) against np.add.at, with
-    lengths that are not multiples of 8, a short input after a long one, and long runs of one pair."""
+    """The CPU count (uint8 pairs packed into int16 codes, 256 // k position lanes, one cached lane pattern per k)
+    against np.add.at, with lengths that are not multiples of the lanes, a short input after a long one, and long
+    runs of one pair."""
     rng = np.random.default_rng(0)
     for k in (20, 34):
         for length in (1, 7, 9, 5000, 64, 3):
@@ -98,7 +99,7 @@ def test_large_inputs_are_counted_in_parts_and_a_forked_child_drops_the_pool() -
 
 
 def test_void_ids_beyond_int16_count_as_void() -> None:
-    """Clamping happens before the int16 narrowing: id 40000 must not wrap around onto a class."""
+    """Clamping happens before the uint8 narrowing: id 40000 must not wrap around onto a class."""
     pred = torch.tensor([40000, 3, 65536 + 3, 255])
     gt = torch.tensor([3, 40000, 3, 3])
     mat = confusion(pred, gt).numpy()

@@ -1,15 +1,19 @@
-"""CpuSyncBatchNorm over 2 gloo ranks equals BatchNorm2d on the concatenated batch (outputs, grads, stats)."""
+"""CpuSyncBatchNorm (the CPU path) over 2 gloo ranks equals BatchNorm2d on the concatenated batch; torch's
+SyncBatchNorm (the GPU path) as far as a CPU can check it."""
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from deeplab.model import DeepLabV3Plus
 from deeplab.norm import CpuSyncBatchNorm, convert_sync_batchnorm
 
 
@@ -77,3 +81,50 @@ def test_without_process_group_it_is_plain_batchnorm() -> None:
     torch.testing.assert_close(
         converted[1](x[:, :1].expand(-1, 4, -1, -1).contiguous()), ref(x[:, :1].expand(-1, 4, -1, -1).contiguous())
     )
+
+
+# The path GPUs run: torch's nn.SyncBatchNorm, converted by convert_sync_batchnorm(model, cuda device). Without a GPU
+# the conversion and the non-distributed forward can still be checked; the synchronised forward needs CUDA and is
+# run by bench/gpu_check.py.
+
+
+def _small_deeplab() -> nn.Module:
+    torch.manual_seed(0)
+    return DeepLabV3Plus(backbone="resnet50", aspp_channels=8, low_level_channels=4, decoder_channels=8)
+
+
+def test_the_gpu_conversion_keeps_every_parameter_and_buffer_name_and_value() -> None:
+    plain = _small_deeplab()
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    gpu = convert_sync_batchnorm(_small_deeplab(), torch.device("cuda"))  # converts on CPU; no GPU needed
+    cpu = convert_sync_batchnorm(_small_deeplab(), torch.device("cpu"))
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in gpu.modules()) == n_bn > 50
+    assert not any(type(m) is nn.BatchNorm2d for m in gpu.modules())
+    assert sum(isinstance(m, CpuSyncBatchNorm) for m in cpu.modules()) == n_bn
+    reference = plain.state_dict()
+    for converted in (gpu.state_dict(), cpu.state_dict()):  # checkpoints move between GPU and CPU runs
+        assert converted.keys() == reference.keys()
+        assert all(torch.equal(converted[k], reference[k]) for k in reference)
+
+
+def test_torch_syncbatchnorm_outside_a_process_group_is_batchnorm() -> None:
+    x = torch.randn(4, 3, 5, 6) * 2 + 1
+    ref = nn.BatchNorm2d(3)
+    sync = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3)))[0]
+    for mode in ("train", "eval"):
+        ref.train(mode == "train")
+        sync.train(mode == "train")
+        torch.testing.assert_close(sync(x), ref(x), rtol=0, atol=0)
+    torch.testing.assert_close(sync.running_mean, ref.running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(sync.running_var, ref.running_var, rtol=0, atol=0)
+
+
+def test_torch_syncbatchnorm_refuses_cpu_tensors_in_a_process_group(tmp_path: Path) -> None:
+    """Why CPU runs need CpuSyncBatchNorm: should torch ever accept CPU here, this test says so."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        sync = nn.SyncBatchNorm(3).train()
+        with pytest.raises(ValueError, match="expected input tensor to be on GPU"):
+            sync(torch.randn(2, 3, 4, 4))
+    finally:
+        dist.destroy_process_group()

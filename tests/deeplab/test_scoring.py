@@ -166,3 +166,44 @@ def test_cli_prints_table_and_writes_json(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "nope" in bad.stderr
+
+
+def _save_kind(path: Path, ids: np.ndarray, kind: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "P":  # palette indices are the label ids
+        img = Image.frombytes("P", ids.shape[::-1], ids.tobytes())
+        img.putpalette([v for i in range(256) for v in (i, 255 - i, i // 2)])
+        img.save(path)
+    elif kind == "I;16":
+        Image.fromarray(ids.astype(np.uint16)).save(path)
+    elif kind == "1":
+        Image.fromarray(ids % 2 == 1).save(path)
+    elif kind == "L+tRNS":
+        Image.fromarray(ids).save(path, transparency=7)
+    elif kind == "LA":
+        Image.fromarray(np.stack([ids, np.full_like(ids, 255)], -1), "LA").save(path)
+    else:
+        Image.fromarray(ids).save(path)
+
+
+def test_every_png_kind_is_read_as_the_official_evaluation_reads_it(tmp_path: Path) -> None:
+    """Plain 8-bit greyscale goes through libpng, the rest through PIL: palette, 16-bit, 1-bit and transparent
+    predictions score bit-equal to the official evaluation; a two-channel one is refused by both."""
+    root, pred = tmp_path / "gt", tmp_path / "pred"
+    rng = np.random.default_rng(11)
+    for i, kind in enumerate(["L", "P", "I;16", "1", "L+tRNS"]):
+        gt = rng.choice(VALID_LABEL_IDS, size=(16, 24)).astype(np.uint8)
+        guess = np.where(rng.random(gt.shape) < 0.7, gt, rng.choice(VALID_LABEL_IDS, size=gt.shape)).astype(np.uint8)
+        name = f"aachen_{i:06d}_{i + 19:06d}"
+        _write(root / "gtFine" / "val" / "aachen" / f"{name}_gtFine_labelIds.png", gt)
+        _save_kind(pred / f"{name}_{kind.replace(';', '').replace('+', '')}.png", guess, kind)
+    official = _official(root, pred)
+    ours = score_folder(root, pred, "val")
+    assert ours.miou == official["averageScoreClasses"]
+    for name, value in zip(CLASS_NAMES, ours.iou, strict=True):
+        assert _same(value, official["classScores"][name]), name
+    _save_kind(pred / "aachen_000000_000019_L.png", np.zeros((16, 24), np.uint8), "LA")
+    refused = subprocess.run([sys.executable, str(OFFICIAL), str(root), str(pred), "val"], capture_output=True)
+    assert refused.returncode != 0
+    with pytest.raises(DeeplabError, match="has several channels"):
+        score_folder(root, pred, "val")

@@ -1,0 +1,173 @@
+"""The prepared GPU check (issue 12): correctness, speed, evaluation and data figures in one command, < 6 minutes.
+
+Writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out`` (default: the current directory), rewritten after every
+section. Each section runs in its own forked process under its own time limit, so a section that fails, hangs or
+crashes is recorded (with the figures it had recorded so far) and the next one runs. Models start from random
+weights (none can be downloaded there). ``--cpu-smoke`` runs the same code at tiny sizes on CPU (tested in CI).
+
+    python bench/gpu_check.py [--out DIR] [--budget SECONDS] [--only a,b] [--cpu-smoke]
+
+bench/README.md gives the exact command for the device machine (Python 3.12, torch 2.11, cityscapesscripts carried
+as a wheel) and how to read the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+# The parent only forks: CUDA is initialised in each section's process. torch's default availability check calls
+# cuInit, after which a forked child cannot use CUDA; the NVML-based check does not.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the device machine has no install of this repo
+
+import torch
+from gpu_check_report import render
+from gpu_check_sections import Ctx, Sizes, SkipSection, section_correctness, section_env
+from gpu_check_speed import (
+    make_data,
+    scratch_dir,
+    section_compile,
+    section_data,
+    section_eval,
+    section_speed,
+)
+
+# name → (seconds it may take on an H200, the function); the compile sections come last, so that everything else
+# is in when time runs out. On CPU (--cpu-smoke) every section may take SMOKE_LIMIT_S: a loaded machine is slow.
+SECTIONS = {
+    "env": (30, lambda ctx, data: section_env(ctx)),
+    "correctness": (90, lambda ctx, data: section_correctness(ctx)),
+    "speed-resnet50": (60, lambda ctx, data: section_speed(ctx, "resnet50")),
+    "speed-resnet101": (75, lambda ctx, data: section_speed(ctx, "resnet101")),
+    "eval": (60, lambda ctx, data: section_eval(ctx)),
+    "data": (60, lambda ctx, data: section_data(ctx, data["root"])),
+    "compile-resnet50": (150, lambda ctx, data: section_compile(ctx, "resnet50")),
+    "compile-resnet101": (150, lambda ctx, data: section_compile(ctx, "resnet101")),
+}
+SMOKE_LIMIT_S = 180
+MARGIN_S = 15  # a section checks its deadline between steps; one step may run past it
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _child(name: str, sizes: Sizes, device: str, deadline: float, partial: Path, earlier: dict, data) -> None:
+    """Runs in the forked process: one section, its figures written to ``partial`` as they come."""
+    state: dict = {"status": "running", "results": {}}
+
+    def record(key: str, value: object) -> None:
+        state["results"][key] = value
+        _write(partial, json.dumps(state, default=str))
+
+    ctx = Ctx(sizes, torch.device(device), deadline, record, earlier)
+    try:
+        SECTIONS[name][1](ctx, data)
+        state["status"] = "ok"
+    except SkipSection as why:
+        state.update(status="skipped", error=str(why))
+    except Exception as err:  # recorded, not fatal: the next section runs
+        state.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()[-2000:])
+    _write(partial, json.dumps(state, default=str))
+
+
+def run_section(name: str, limit: float, sizes: Sizes, device: str, out: Path, report: dict, data: dict) -> dict:
+    partial = out / "gpu_check.partial.json"
+    partial.unlink(missing_ok=True)
+    tick = time.monotonic()
+    args = (name, sizes, device, tick + limit, partial, dict(report["sections"]), data)
+    proc = multiprocessing.get_context("fork").Process(target=_child, args=args)
+    proc.start()
+    proc.join(limit + MARGIN_S)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    result = json.loads(partial.read_text()) if partial.exists() else {"results": {}}
+    partial.unlink(missing_ok=True)
+    if result.get("status") in (None, "running"):
+        result["status"] = "timeout" if proc.exitcode in (None, -9) else "crashed"
+        result["error"] = f"stopped after {time.monotonic() - tick:.0f} s (limit {limit:.0f} s, exit {proc.exitcode})"
+    result["seconds"] = round(time.monotonic() - tick, 1)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path.cwd(), help="where gpu_check.json/.md go (default: cwd)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for all sections (default 330; smoke 900)")
+    parser.add_argument("--only", default="", help="comma-separated section names (default: all)")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on CPU: proves the script, not a GPU")
+    args = parser.parse_args()
+    names = list(SECTIONS)
+    only = [n for n in args.only.split(",") if n]
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        print(f"error: --only: unknown section {unknown[0]} (known: {', '.join(names)})", file=sys.stderr)
+        return 2
+    if importlib.util.find_spec("cityscapesscripts") is None:  # deeplab's label table comes from it
+        print("error: cityscapesscripts is not installed: carry its wheel (see bench/README.md)", file=sys.stderr)
+        return 2
+    if not args.cpu_smoke and not torch.cuda.is_available():
+        print("error: no CUDA device here; use --cpu-smoke to check the script on CPU", file=sys.stderr)
+        return 2
+    sizes = Sizes.smoke() if args.cpu_smoke else Sizes()
+    device = "cpu" if args.cpu_smoke else "cuda"
+    budget = args.budget or (900.0 if args.cpu_smoke else 330.0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    report = {
+        "mode": "cpu-smoke" if args.cpu_smoke else "gpu",
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "budget_s": budget,
+        "sizes": vars(sizes),
+        "sections": {},
+    }
+    data_root = scratch_dir() / "cityscapes"
+    maker = multiprocessing.get_context("fork").Process(
+        target=make_data, args=(data_root, sizes.data_hw, sizes.data_images)
+    )
+    maker.start()  # full-size frames take a while on CPU: made while the GPU sections run
+    data = {"root": data_root}
+    try:
+        for name, (seconds, _) in SECTIONS.items():
+            seconds = SMOKE_LIMIT_S if args.cpu_smoke else seconds
+            left = budget - (time.monotonic() - start)
+            if (only and name not in only) or left < 5:
+                reason = "not in --only" if only and name not in only else f"budget of {budget:.0f} s spent"
+                report["sections"][name] = {"status": "skipped", "error": reason, "results": {}}
+                continue
+            if name == "data" and maker.exitcode not in (None, 0):
+                report["sections"][name] = {"status": "failed", "error": "making the data failed", "results": {}}
+                continue
+            print(f"== {name} (up to {min(seconds, left):.0f} s)", flush=True)
+            report["sections"][name] = run_section(name, min(seconds, left), sizes, device, args.out, report, data)
+            section = report["sections"][name]
+            print(f"   {section['status']} in {section['seconds']} s {section.get('error', '')}", flush=True)
+            _write(args.out / "gpu_check.json", json.dumps(report, indent=1, default=str))
+            _write(args.out / "gpu_check.md", render(report))
+    finally:
+        if maker.is_alive():
+            maker.kill()
+        import shutil
+
+        shutil.rmtree(data_root.parent, ignore_errors=True)
+    report["total_s"] = round(time.monotonic() - start, 1)
+    _write(args.out / "gpu_check.json", json.dumps(report, indent=1, default=str))
+    _write(args.out / "gpu_check.md", render(report))
+    print(render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
