@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import sqlalchemy
-from mlflow.tracking import MlflowClient
 
 from analysis.errors import AnalysisError
 from deeplab.labels import CLASS_NAMES
@@ -22,25 +18,32 @@ from deeplab.tracking import (
     VAL_MIOU_SEED,
     iou_metric_name,
 )
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in reports and notebooks
+from experiments.store import (
+    PARENT_ROLE,
+    StoreGone,
+    download_artifact,
+    find_experiment,
+    first_points,
+    metric_histories,
+    run_records,
+    sqlite_path,
+)
 
 CONFIG_COLUMNS = {"model.backbone": "backbone", "train.iterations": "iterations", "train.seed": "seed"}
 
 
-def _client(tracking_uri: str) -> MlflowClient:
-    """A client on an existing store (MLflow would create an empty sqlite database on first use)."""
-    path = Path(tracking_uri[len("sqlite:///") :]) if tracking_uri.startswith("sqlite:///") else None
+def _experiment_id(tracking_uri: str, experiment: str) -> str:
+    """The experiment's id in an existing store (a missing sqlite file is an error, not a new empty store)."""
+    path = sqlite_path(tracking_uri)
     if path is not None and not path.exists():
         raise AnalysisError(f"no MLflow store at {path} (run the sweep, or `make demo`, first)")
-    return MlflowClient(tracking_uri)
-
-
-def _experiment_id(client: MlflowClient, experiment: str) -> str:
-    found = client.get_experiment_by_name(experiment)
+    try:
+        found = find_experiment(tracking_uri, experiment)
+    except StoreGone as err:
+        raise AnalysisError(str(err)) from None
     if found is None:
-        raise AnalysisError(f"no MLflow experiment named {experiment!r} in {client.tracking_uri}")
-    return found.experiment_id
+        raise AnalysisError(f"no MLflow experiment named {experiment!r} in {tracking_uri}")
+    return found
 
 
 def _number(text: str | None) -> float | int | str | None:
@@ -52,28 +55,6 @@ def _number(text: str | None) -> float | int | str | None:
         except ValueError:
             pass
     return text
-
-
-def _is_database(tracking_uri: str) -> bool:
-    return tracking_uri.startswith(("sqlite:", "postgresql"))
-
-
-def _first_points(tracking_uri: str, run_ids: list[str]) -> dict[str, int]:
-    """Timestamp (ms) of each run's first logged metric point, when it has one."""
-    if not run_ids:
-        return {}
-    if _is_database(tracking_uri):
-        query = sqlalchemy.text(
-            "SELECT run_uuid, MIN(timestamp) FROM metrics WHERE run_uuid IN :runs GROUP BY run_uuid"
-        ).bindparams(sqlalchemy.bindparam("runs", expanding=True))
-        engine = sqlalchemy.create_engine(tracking_uri)
-        with engine.connect() as conn:
-            found = {rid: int(ts) for rid, ts in conn.execute(query, {"runs": list(run_ids)})}
-        engine.dispose()
-        return found
-    client = MlflowClient(tracking_uri)
-    history = {rid: client.get_metric_history(rid, TRAIN_LR) for rid in run_ids}
-    return {rid: min(m.timestamp for m in points) for rid, points in history.items() if points}
 
 
 def _wall_hours(start: int | None, end: int | None, first_point: int | None) -> float:
@@ -88,61 +69,16 @@ def _wall_hours(start: int | None, end: int | None, first_point: int | None) -> 
     return max(0.0, ((end or begin) - begin) / 3.6e6)
 
 
-@dataclass
-class _Run:
-    run_id: str
-    name: str
-    status: str
-    start: int | None
-    end: int | None
-    params: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-def _sql_runs(tracking_uri: str, experiment_id: str) -> list[_Run]:
-    """The experiment's active runs read from MLflow's tables (search_runs builds an ORM object per param: slow)."""
-    active = "JOIN runs r ON r.run_uuid = x.run_uuid WHERE r.experiment_id = :eid AND r.lifecycle_stage = 'active'"
-    args = {"eid": int(experiment_id)}
-    engine = sqlalchemy.create_engine(tracking_uri)
-    with engine.connect() as conn:
-        query = "SELECT run_uuid, name, status, start_time, end_time FROM runs x WHERE experiment_id = :eid "
-        query += "AND lifecycle_stage = 'active'"
-        runs = {row[0]: _Run(*row) for row in conn.execute(sqlalchemy.text(query), args)}
-        for table in ("params", "tags"):
-            rows = conn.execute(sqlalchemy.text(f"SELECT x.run_uuid, x.key, x.value FROM {table} x {active}"), args)
-            for run_id, key, value in rows:
-                getattr(runs[run_id], table)[key] = value
-        query = f"SELECT x.run_uuid, x.key, x.value, x.is_nan FROM latest_metrics x {active}"
-        for run_id, key, value, is_nan in conn.execute(sqlalchemy.text(query), args):
-            runs[run_id].metrics[key] = float("nan") if is_nan else value
-    engine.dispose()
-    return list(runs.values())
-
-
-def _searched_runs(client: MlflowClient, experiment_id: str) -> list[_Run]:
-    found, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
-        for run in page:
-            i, d = run.info, run.data
-            found.append(_Run(i.run_id, i.run_name, i.status, i.start_time, i.end_time, d.params, d.tags, d.metrics))
-        token = page.token
-        if not token:
-            return found
-
-
 def runs_frame(tracking_uri: str, experiment: str) -> pd.DataFrame:
     """One row per child run: config columns, hash, status, final metrics, wall time and GPU-hours."""
-    client = _client(tracking_uri)
-    eid = _experiment_id(client, experiment)
-    everything = _sql_runs(tracking_uri, eid) if _is_database(tracking_uri) else _searched_runs(client, eid)
-    found = [r for r in everything if r.tags.get("config_hash") and r.tags.get("sweep.role") != "parent"]
-    first_points = _first_points(tracking_uri, [run.run_id for run in found])
+    eid = _experiment_id(tracking_uri, experiment)
+    records = run_records(tracking_uri, eid)
+    found = [r for r in records if r.tags.get("config_hash") and r.tags.get("sweep.role") != PARENT_ROLE]
+    began = first_points(tracking_uri, [run.run_id for run in found], TRAIN_LR)
     rows = []
     for run in found:
         p = run.params
-        hours = _wall_hours(run.start, run.end, first_points.get(run.run_id))
+        hours = _wall_hours(run.start, run.end, began.get(run.run_id))
         devices = int(_number(p.get("info.world_size")) or 1)
         row = {
             "run_id": run.run_id,
@@ -173,28 +109,8 @@ def runs_frame(tracking_uri: str, experiment: str) -> pd.DataFrame:
 def curves_frame(
     tracking_uri: str, run_ids: list[str], metrics: tuple[str, ...] = (VAL_MIOU, VAL_MIOU_SEED)
 ) -> pd.DataFrame:
-    """Long frame (run_id, step, metric, value) of metric histories; one SQL query on database stores."""
-    if _is_database(tracking_uri):
-        engine = sqlalchemy.create_engine(tracking_uri)
-        query = sqlalchemy.text(
-            "SELECT run_uuid AS run_id, step, key AS metric, value, is_nan FROM metrics "
-            "WHERE run_uuid IN :runs AND key IN :keys"
-        ).bindparams(sqlalchemy.bindparam("runs", expanding=True), sqlalchemy.bindparam("keys", expanding=True))
-        with engine.connect() as conn:
-            frame = pd.read_sql(query, conn, params={"runs": list(run_ids), "keys": list(metrics)})
-        engine.dispose()
-        frame.loc[frame.pop("is_nan").astype(bool), "value"] = float("nan")  # MLflow stores a NaN as 0 + flag
-    else:
-        client = MlflowClient(tracking_uri)
-        frame = pd.DataFrame(
-            [
-                (rid, m.step, key, m.value)
-                for rid in run_ids
-                for key in metrics
-                for m in client.get_metric_history(rid, key)
-            ],
-            columns=["run_id", "step", "metric", "value"],
-        )
+    """Long frame (run_id, step, metric, value) of metric histories (one query on database stores)."""
+    frame = metric_histories(tracking_uri, run_ids, metrics)[["run_id", "step", "metric", "value"]]
     return frame.drop_duplicates(["run_id", "metric", "step"], keep="last").sort_values(["run_id", "metric", "step"])
 
 
@@ -214,10 +130,9 @@ def per_class_frame(tracking_uri: str, run_ids: list[str]) -> pd.DataFrame:
 
 def per_image_confusions(tracking_uri: str, run_id: str) -> tuple[list[str], np.ndarray]:
     """The final validation's per-image confusion matrices of one run (names, array (N, n+1, n+1))."""
-    client = MlflowClient(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(run_id, ARTIFACT_PER_IMAGE, tmp)
+            path = download_artifact(tracking_uri, run_id, ARTIFACT_PER_IMAGE, Path(tmp))
         except Exception as err:
             raise AnalysisError(
                 f"run {run_id} has no {ARTIFACT_PER_IMAGE} artifact ({err.__class__.__name__})"

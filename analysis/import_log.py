@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.errors import AnalysisError
 from analysis.seed_log import SEED_EPOCH_ITERATIONS, SeedLog, parse_seed_log
 from deeplab.tracking import ITER_TIME, TRAIN_LOSS, TRAIN_LR, VAL_MIOU, VAL_MIOU_SEED
+from experiments.store import RECORD_KEY, check_reachable, record_run
 
-KEY_TAG = "import.key"
-STALE_S = 600  # an unfinished import of the same key older than this is a leftover of a killed import
+KEY_TAG = RECORD_KEY  # the run's key: a hash of the parsed facts and the options
 EVALUATORS = {
     "official": (VAL_MIOU, "the official semantics (the seed's 2019 bincount evaluator over train-id predictions)"),
     "unknown": (VAL_MIOU_SEED, "seed evaluator (version unknown: see the seed's metric history)"),
@@ -36,65 +35,6 @@ class Imported:
     log: SeedLog
     iterations: int
     result: str  # what a reader takes as the result, in words
-
-
-def _record_run(
-    uri: str,
-    experiment: str,
-    *,
-    key: str,
-    run_name: str,
-    tags: dict[str, str],
-    params: dict[str, str],
-    metrics: list[tuple[str, float, int]],
-    status: str,
-) -> tuple[str, bool]:
-    """Write one run (tags, params, (key, value, step) points, status), idempotent by the ``import.key`` tag.
-
-    Every MLflow call of the importer is here. A run that fails half-way is deleted; of two concurrent imports
-    of one key, the first to finish is kept and the other deletes its own run. Returns (run id, created).
-    """
-    from mlflow.entities import Metric, Param
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from experiments.store import check_reachable
-
-    check_reachable(uri)  # fails in seconds, naming the URI (MLflow would create a missing sqlite directory)
-    client = MlflowClient(uri)
-
-    def finished() -> list:  # also deletes leftovers of killed imports of this key
-        runs = client.search_runs([eid], f"tags.`{KEY_TAG}` = '{key}'")
-        stale = [r for r in runs if r.info.status != "FINISHED" and r.info.start_time < (time.time() - STALE_S) * 1e3]
-        for r in stale:
-            client.delete_run(r.info.run_id)
-        return sorted((r for r in runs if r.info.status == "FINISHED"), key=lambda r: (r.info.end_time, r.info.run_id))
-
-    try:
-        found = client.get_experiment_by_name(experiment)
-        try:
-            eid = found.experiment_id if found else client.create_experiment(experiment)
-        except MlflowException:  # created meanwhile by a concurrent import
-            eid = client.get_experiment_by_name(experiment).experiment_id
-        if done := finished():
-            return done[0].info.run_id, False
-        run_id = client.create_run(eid, run_name=run_name, tags={**tags, KEY_TAG: key}).info.run_id
-        try:
-            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-            now = int(time.time() * 1000)
-            points = [Metric(k, v, now, step) for k, v, step in metrics]
-            for i in range(0, len(points), 1000):
-                client.log_batch(run_id, metrics=points[i : i + 1000])
-            client.set_terminated(run_id, status)
-        except BaseException:
-            client.delete_run(run_id)  # no half-imported run
-            raise
-        winner = finished()[0].info.run_id
-        if winner != run_id:
-            client.delete_run(run_id)
-        return winner, winner == run_id
-    except MlflowException as err:
-        raise AnalysisError(f"import-log: tracking store {uri}: {err.message.splitlines()[0]}") from None
 
 
 def _total(log: SeedLog, iterations: int | None, epoch_iterations: int, path: Path) -> tuple[int, str]:
@@ -179,7 +119,8 @@ def import_log(
     }
     params = {"model.backbone": backbone, "train.iterations": str(total), "import.iterations_from": total_from}
     params |= {"import.validations": str(len(log.validations)), "import.epoch_iterations": str(epoch_iterations)}
-    run_id, created = _record_run(
+    check_reachable(tracking_uri)  # fails in seconds, naming the URI
+    run_id, created = record_run(
         tracking_uri,
         experiment,
         key=key,

@@ -76,6 +76,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def checkpoint_progress(path: Path) -> tuple[int, dict[str, float] | None] | None:
+    """(iteration, final metrics or None) of a checkpoint without reading its tensors; None when there is no
+    readable checkpoint."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing, torn or foreign: no progress to report
+        return None
+    return int(state.get("iteration", 0)), state.get("final_metrics")
+
+
 def weights_of(state: dict[str, Any], source: Path | str) -> dict[str, torch.Tensor]:
     """The model weights of one of our checkpoints; a finished run trained with keep_weights=false has none."""
     if not state["model"]:

@@ -24,6 +24,7 @@ from deeplab.data.cityscapes import CityscapesSegmentation
 from deeplab.data.loader import build_train_loader, build_val_dataset, check_data
 from deeplab.distributed import DistInfo, init_distributed
 from deeplab.errors import DeeplabError
+from deeplab.lease import holds_run_dir
 from deeplab.model import model_info
 from deeplab.progress import Progress
 from deeplab.step import LossWindow, TrainParts, agree, build_parts, train_step
@@ -50,12 +51,16 @@ class StopFlag:
         self.signum: int | None = None
 
     def request(self, signum: int | None = None, _frame: object = None) -> None:
+        if signum == signal.SIGINT and self.requested:  # a second Ctrl-C: stop now, without a checkpoint
+            raise KeyboardInterrupt
         self.requested, self.signum = True, signum
 
 
 @contextlib.contextmanager
-def signal_handlers(flag: StopFlag, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)):
-    """SIGTERM/SIGUSR1/SIGUSR2 → ``flag.request``; previous handlers restored on exit (main thread only)."""
+def signal_handlers(
+    flag: StopFlag, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+):
+    """SIGTERM/SIGUSR1/SIGUSR2/SIGINT → ``flag.request``; previous handlers restored on exit (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
@@ -131,6 +136,7 @@ def _fresh_run(cfg: Config, run_dir: Path, info: DistInfo, tracker: Tracker) -> 
     tracker.log_artifact(run_dir / "config.yaml")
 
 
+@holds_run_dir  # one process trains a run directory: rank 0 holds its lease for the whole call
 def train(
     cfg: Config,
     run_dir: Path,

@@ -13,6 +13,7 @@ from deeplab.distributed import init_distributed
 from deeplab.engine import StopFlag, signal_handlers, train
 from deeplab.errors import DeeplabError
 from deeplab.evaluate import evaluate
+from deeplab.lease import LeaseHeld
 from deeplab.model import build_model
 from deeplab.overlay import save_label_ids
 from deeplab.scoring import ScoreResult, format_table
@@ -29,6 +30,8 @@ def train_from_cli(cfg: Config, run_dir: Path, progress: str = "auto") -> int:
     with signal_handlers(flag):
         try:
             result = train(cfg, run_dir, tracker, stop=flag, progress=progress)
+        except LeaseHeld:  # the run directory is another process's: touch nothing in it
+            raise
         except DeeplabError:
             if tracker is not None and run_dir.exists():
                 tracker.close("FAILED")

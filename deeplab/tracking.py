@@ -93,7 +93,12 @@ class JsonlTracker:
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)  # created on the first write, so a run that fails early leaves nothing
         self._buffer: list[dict[str, Any]] = []
-        self._last_step = self._read_last_steps()
+        self._last_step: dict[str, int] | None = None  # read at the first point: the run dir may be another's
+
+    def _steps(self) -> dict[str, int]:
+        if self._last_step is None:
+            self._last_step = self._read_last_steps()
+        return self._last_step
 
     def _read_last_steps(self) -> dict[str, int]:
         last: dict[str, int] = {}
@@ -134,10 +139,11 @@ class JsonlTracker:
         self._merge_json("tags.json", tags)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        last = self._steps()
         for key, value in metrics.items():
-            if step > self._last_step.get(key, -1):
+            if step > last.get(key, -1):
                 self._buffer.append({"key": key, "value": float(value), "step": int(step)})
-                self._last_step[key] = step
+                last[key] = step
 
     def log_artifact(self, local_path: str | Path, artifact_path: str = "") -> None:
         src = Path(local_path)

@@ -32,9 +32,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from experiments.spec import load_spec
-    from experiments.status import print_status, status_rows
+    from experiments.status import print_status, status_report
 
-    print_status(status_rows(load_spec(args.spec), args.tracking_uri))
+    notes, rows = status_report(load_spec(args.spec), args.tracking_uri)
+    print_status(rows, notes)
     return 0
 
 
@@ -46,73 +47,85 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def sync(spec: SweepSpec, tracking_uri: str | None = None) -> list[tuple[str, str, int]]:
+def sync(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[list[tuple[str, str, int]], list[str]]:
     """Replay each run directory's tracking spool into its MLflow run (found by config hash under the sweep's
-    parent run); returns (run name, run id, points) per replayed spool. Meant for runs whose jobs have ended: a
-    running job replays its own spool at its next flush."""
-    from mlflow.tracking import MlflowClient
+    parent run), then reconcile the runs left SCHEDULED/RUNNING by jobs that are gone. Returns (run name, run id,
+    points) per replayed spool, and one line per reconciled run.
 
+    Only into the store the runs came from: a missing sqlite store is an error (nothing is created), and a run
+    directory whose job reported to a run that this store does not hold (the store was replaced) keeps its spool.
+    Spools of runs whose job is alive are left to that job (it replays its spool at its next flush)."""
     from experiments.errors import ExperimentsError
-    from experiments.mlflow_tracker import SPOOL_NAME, MlflowTracker
+    from experiments.jobs import alive, read_job
+    from experiments.mlflow_tracker import SPOOL_NAME
+    from experiments.reconcile import reconcile, replay_spool
     from experiments.spec import expand_grid
-    from experiments.store import check_reachable, child_runs, resolve_tracking_uri
+    from experiments.store import check_reachable, child_runs, find_experiment, parent_run, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
-    spooled = [r for r in expand_grid(spec) if (r.run_dir / SPOOL_NAME).exists()]
-    if not spooled:
-        return []
-    check_reachable(uri)
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(spec.experiment)
-    parents = []
-    if experiment is not None:
-        parent_filter = f"tags.`sweep.name` = '{spec.name}' and tags.`sweep.role` = 'parent'"
-        parents = client.search_runs([experiment.experiment_id], parent_filter)
-    if not parents:
+    runs = expand_grid(spec)
+    spooled = [r for r in runs if (r.run_dir / SPOOL_NAME).exists()]
+    records = {r.config_hash: rec for r in runs if (rec := read_job(r.run_dir)) is not None}
+    if not spooled and not records:
+        return [], []
+    check_reachable(uri, must_exist=True)
+    experiment_id = find_experiment(uri, spec.experiment)
+    parent = parent_run(uri, experiment_id, spec.name) if experiment_id else None
+    if parent is None:
         raise ExperimentsError(f"sweep {spec.name}: no MLflow parent run at {uri}; its spools stay in the run dirs")
-    children = child_runs(uri, experiment.experiment_id, parents[0].info.run_id)
+    children = child_runs(uri, experiment_id, parent)
     orphans = [str(r.run_dir) for r in spooled if r.config_hash not in children]
     if orphans:
         raise ExperimentsError(f"sweep {spec.name}: no MLflow run at {uri} for the spool(s) in {', '.join(orphans)}")
+    for r in runs:
+        record, child = records.get(r.config_hash), children.get(r.config_hash)
+        if record is not None and record.run_id and (child is None or child.run_id != record.run_id):
+            raise ExperimentsError(
+                f"{r.run_dir}: its job reported to MLflow run {record.run_id}, which {uri} does not hold "
+                "(a replaced or recreated store?); nothing was written, its spool stays"
+            )
+    living = alive({h: records[h] for h in (r.config_hash for r in spooled) if h in records})
     done = []
     for r in spooled:
-        spool = r.run_dir / SPOOL_NAME
-        points = sum(1 for line in spool.read_text().splitlines() if line.strip())
+        if living.get(r.config_hash):
+            continue
         run_id = children[r.config_hash].run_id
-        MlflowTracker(uri, run_id, spool_dir=r.run_dir).close(None)  # sends the spool; keeps it if that fails
-        if spool.exists():
-            raise ExperimentsError(f"{spool}: not replayed into run {run_id} at {uri}; the spool is kept")
-        done.append((r.name, run_id, points))
-    return done
+        done.append((r.name, run_id, replay_spool(uri, run_id, r.run_dir)))
+    lines = []
+    for fixed in reconcile(uri, runs, children):
+        lines.append(f"reconciled {fixed.line}")
+    return done, lines
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
     from experiments.spec import load_spec
 
     spec = load_spec(args.spec)
-    synced = sync(spec, args.tracking_uri)
+    synced, reconciled = sync(spec, args.tracking_uri)
     for name, run_id, points in synced:
         print(f"synced {points} spooled points of {name} into run {run_id}")
     if not synced:
         print(f"sweep {spec.name}: no spooled points to sync")
+    for line in reconciled:
+        print(line)
     return 0
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
     from experiments.errors import ExperimentsError
     from experiments.server import start_server, stop_server
-    from experiments.store import _redact, check_reachable, resolve_tracking_uri
+    from experiments.store import check_reachable, is_database, redact, resolve_tracking_uri
 
     backend = resolve_tracking_uri(args.backend_store_uri)
-    if backend.startswith(("http://", "https://")):  # e.g. MLFLOW_TRACKING_URI pointing at a server: not a store
+    if not is_database(backend):  # e.g. MLFLOW_TRACKING_URI pointing at a server: not a store
         source = "--backend-store-uri" if args.backend_store_uri else "MLFLOW_TRACKING_URI (no --backend-store-uri)"
         raise ExperimentsError(
-            f"{source} {_redact(backend)}: a tracking server, not a backend store; "
+            f"{source} {redact(backend)}: a tracking server, not a backend store; "
             "give --backend-store-uri sqlite:///ABS/PATH.db or postgresql://…"
         )
     artifacts = check_output_dir(args.artifact_root, "--artifact-root").resolve()
     check_reachable(backend)  # a database that does not answer fails here in seconds, not after the /health wait
-    ready = f"MLflow server on http://{args.host}:{args.port} (backend {_redact(backend)}); Ctrl-C stops it"
+    ready = f"MLflow server on http://{args.host}:{args.port} (backend {redact(backend)}); Ctrl-C stops it"
     proc = start_server(backend, artifacts, args.host, args.port)
     try:  # printed inside: a Ctrl-C right after it must still stop the server (it runs in its own session)
         print(ready, flush=True)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from submitit.core.utils import JobPaths
 
+from experiments.jobs import read_job
 from experiments.spec import RunSpec, SweepSpec, expand_grid, load_spec
 from experiments.store import default_tracking_uri, ensure_experiment
-from experiments.sweep import JOB_ID_FILE, submit
+from experiments.sweep import submit
 
 DEMO_SPEC = Path(__file__).resolve().parent / "sweeps" / "demo_synthetic.yaml"
 PROGRESS_EVERY_S = 30.0
@@ -29,10 +30,10 @@ def _cluster_up() -> bool:
 
 def _job_progress(run: RunSpec, folder: Path) -> str:
     """Where one run is, from its job's log: "N/M" iterations, "done", "queued" or "starting"."""
-    job_file = run.run_dir / JOB_ID_FILE
-    if not job_file.exists():
+    job = read_job(run.run_dir)
+    if job is None or job.kind == "queued":
         return "queued"
-    log = JobPaths(folder, job_id=job_file.read_text().split()[-1], task_id=0).stdout
+    log = JobPaths(folder, job_id=job.job_id, task_id=0).stdout
     try:
         with open(log, "rb") as fh:
             fh.seek(max(0, fh.seek(0, os.SEEK_END) - 4096))

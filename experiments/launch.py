@@ -21,8 +21,9 @@ import torch
 from deeplab.config import from_dict
 from deeplab.engine import train
 from deeplab.errors import DeeplabError
+from deeplab.lease import LeaseHeld
 from experiments.mlflow_tracker import MlflowTracker
-from experiments.store import close_parent_if_done, mark_run
+from experiments.store import close_parent_if_done
 
 
 def git_state(repo: Path) -> dict[str, str]:
@@ -95,26 +96,24 @@ class RunJob(submitit.helpers.Checkpointable):
         cfg = from_dict(self.config)
         run_dir = Path(self.run_dir)
         tracker = None
-        if rank == 0:
-            tracker = MlflowTracker(self.tracking_uri, self.run_id, spool_dir=run_dir)
-            tracker.start()
-            tracker.set_tags(
-                {
-                    **self.tags,
-                    "host": platform.node(),
-                    "slurm.job_id": os.environ.get("SLURM_JOB_ID", ""),
-                    "slurm.array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID", ""),
-                    "slurm.array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
-                    "restart_count": os.environ.get("SLURM_RESTART_COUNT", "0"),
-                }
-            )
+        if rank == 0:  # RUNNING, with these tags, once the engine holds the run directory's lease
+            start_tags = {
+                **self.tags,
+                "host": platform.node(),
+                "slurm.job_id": os.environ.get("SLURM_JOB_ID"),
+                "slurm.array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+                "slurm.array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+                "restart_count": os.environ.get("SLURM_RESTART_COUNT", "0"),
+            }
+            tracker = MlflowTracker(self.tracking_uri, self.run_id, spool_dir=run_dir, start_tags=start_tags)
         try:
             result = train(cfg, run_dir, tracker, progress="lines")
+        except LeaseHeld:  # another process trains this run: its MLflow run is not ours to touch
+            raise
         except Exception as err:  # diverged, bad data, or a bug: the run says FAILED and why, then the job fails
             if tracker is not None:
-                tracker.close(None)
                 reason = str(err) if isinstance(err, DeeplabError) else f"{err.__class__.__name__}: {err}"
-                mark_run(self.tracking_uri, self.run_id, "FAILED", reason)
+                tracker.close("FAILED", reason)
                 self._close_parent()
             raise
         if tracker is not None:  # interrupted (preempted or timed out): stays RUNNING, the requeued job resumes
@@ -127,7 +126,7 @@ class RunJob(submitit.helpers.Checkpointable):
         """The last child to end ends the sweep's parent run (bookkeeping: a tracking hiccup here is only logged)."""
         try:
             close_parent_if_done(self.tracking_uri, self.run_id)
-        except Exception as err:  # the run's own result is already recorded
+        except Exception as err:  # the run's own result is already recorded (or spooled)
             print(f"warning: could not update the sweep's parent run: {err}", file=sys.stderr, flush=True)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

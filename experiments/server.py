@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import ipaddress
 import os
 import socket
@@ -15,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from experiments.errors import ExperimentsError
+from experiments.store.uri import driver_uri
 
 
 def free_port() -> int:
@@ -28,14 +28,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def driver_uri(backend_uri: str) -> str:
-    """The backend URI with a PostgreSQL driver that is installed: SQLAlchemy ≥ 2.1 reads a bare ``postgresql://``
-    as psycopg 3, while this project installs psycopg2 (``psycopg2-binary``)."""
-    if backend_uri.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
-        return "postgresql+psycopg2://" + backend_uri[len("postgresql://") :]
-    return backend_uri
 
 
 def server_command(artifact_root: Path, host: str, port: int) -> list[str]:

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
-
-from mlflow.tracking import MlflowClient
+from collections.abc import Sequence
 
 from deeplab.tracking import TRAIN_LR, VAL_MIOU
+from experiments.jobs import read_job, sweep_busy
+from experiments.reconcile import reconcile
 from experiments.spec import SweepSpec, expand_grid
-from experiments.store import check_reachable, child_runs, mark_run, resolve_tracking_uri
-from experiments.sweep import JOB_ID_FILE
-
-
-def _job(run_dir: Path) -> tuple[str, str]:
-    path = run_dir / JOB_ID_FILE
-    if not path.exists():
-        return "", ""
-    kind, _, job_id = path.read_text().strip().partition(" ")
-    return kind, job_id
+from experiments.store import (
+    check_reachable,
+    child_runs,
+    find_experiment,
+    mark_run,
+    metric_histories,
+    parent_run,
+    resolve_tracking_uri,
+)
 
 
 def _slurm_states(job_ids: list[str]) -> dict[str, str]:
@@ -34,42 +33,54 @@ def _slurm_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def status_rows(spec: SweepSpec, tracking_uri: str | None = None) -> list[dict[str, object]]:
-    """One row per grid cell: MLflow status, scheduler state, iteration reached, latest val mIoU."""
+def status_report(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[list[str], list[dict[str, object]]]:
+    """Notes (runs reconciled, a sweep submitting right now) and one row per grid cell: MLflow status, scheduler
+    state, iteration reached, latest val mIoU. A missing sqlite store is an error, never created."""
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
-    check_reachable(uri)  # an unreachable server fails in seconds, not after MLflow's retries
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(spec.experiment)
-    children = {}
-    if experiment is not None:
-        parents = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'parent'")
-        if parents:
-            children = child_runs(uri, experiment.experiment_id, parents[0].info.run_id)
+    check_reachable(uri, must_exist=True)  # an unreachable server fails in seconds, not after MLflow's retries
+    experiment_id = find_experiment(uri, spec.experiment)
+    parent = parent_run(uri, experiment_id, spec.name) if experiment_id else None
+    children = child_runs(uri, experiment_id, parent) if parent else {}
     runs = expand_grid(spec)
-    jobs = {r.config_hash: _job(r.run_dir) for r in runs}
-    slurm = _slurm_states([j for kind, j in jobs.values() if kind == "slurm"])
+    notes = []
+    if busy := sweep_busy(spec.runs_root / spec.name):
+        notes.append(f"note: {busy} is submitting this sweep right now; states may change in a moment")
+    else:
+        for fixed in reconcile(uri, runs, children):
+            notes.append(f"reconciled {fixed.line}")
+            children[fixed.config_hash].status = fixed.status
+    jobs = {r.config_hash: read_job(r.run_dir) for r in runs}
+    slurm = _slurm_states([j.job_id for j in jobs.values() if j is not None and j.kind == "slurm"])
+    logged = [c.run_id for c in children.values() if TRAIN_LR in c.metrics]
+    reached = metric_histories(uri, logged, [TRAIN_LR]).groupby("run_id").step.max().to_dict()
     rows = []
     for r in runs:
-        child = children.get(r.config_hash)
-        _, job_id = jobs[r.config_hash]
-        iteration = 0
-        if child is not None and TRAIN_LR in child.metrics:
-            iteration = max(m.step for m in client.get_metric_history(child.run_id, TRAIN_LR))
+        child, job = children.get(r.config_hash), jobs[r.config_hash]
+        shown = "-" if job is None else job.job_id or job.kind  # a queued local run has no job id yet
+        if job is not None and job.kind == "slurm":
+            shown = f"{shown} {slurm.get(job.job_id, '')}"
         rows.append(
             {
                 "hash": r.config_hash,
                 "run": r.name,
                 "status": child.status if child else "NOT SUBMITTED",
-                "job": f"{job_id} {slurm.get(job_id, '')}".strip() if job_id else "-",
-                "iteration": f"{iteration}/{r.config.train.iterations}",
+                "job": shown.strip(),
+                "iteration": f"{reached.get(child.run_id, 0) if child else 0}/{r.config.train.iterations}",
                 "val_mIoU": f"{100 * child.metrics[VAL_MIOU]:.2f}" if child and VAL_MIOU in child.metrics else "-",
                 "run_id": child.run_id if child else "",
             }
         )
-    return rows
+    return notes, rows
 
 
-def print_status(rows: list[dict[str, object]]) -> None:
+def status_rows(spec: SweepSpec, tracking_uri: str | None = None) -> list[dict[str, object]]:
+    """The rows of ``status_report``."""
+    return status_report(spec, tracking_uri)[1]
+
+
+def print_status(rows: list[dict[str, object]], notes: Sequence[str] = ()) -> None:
+    for note in notes:
+        print(note)
     print(f"{'hash':<13} {'run':<28} {'status':<14} {'job':<20} {'iteration':<14} val mIoU")
     for r in rows:
         print(f"{r['hash']:<13} {r['run']:<28} {r['status']:<14} {r['job']:<20} {r['iteration']:<14} {r['val_mIoU']}")
@@ -81,11 +92,11 @@ def cancel(spec: SweepSpec, tracking_uri: str | None = None) -> int:
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
     count = 0
     for r, row in zip(expand_grid(spec), rows, strict=True):
-        kind, job_id = _job(r.run_dir)
-        if row["status"] in ("FINISHED", "FAILED", "KILLED") or not job_id:
+        job = read_job(r.run_dir)
+        if row["status"] in ("FINISHED", "FAILED", "KILLED") or job is None:
             continue
-        if kind == "slurm":
-            subprocess.run(["scancel", job_id], check=False)
+        if job.kind == "slurm":
+            subprocess.run(["scancel", job.job_id], check=False)
         if row["run_id"]:
             mark_run(uri, str(row["run_id"]), "KILLED", "cancelled by `experiments cancel`")
         count += 1

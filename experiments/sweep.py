@@ -1,4 +1,4 @@
-"""Submitting a sweep: expand, skip finished runs, create MLflow runs once, submit one job array."""
+"""Submitting a sweep: expand, skip runs finished or being trained, create MLflow runs once, submit one job array."""
 
 from __future__ import annotations
 
@@ -14,22 +14,35 @@ import submitit
 from deeplab.config import flatten, to_dict
 from deeplab.data.check import available_cpus, check_split
 from deeplab.data.synth import ensure_synthetic
+from deeplab.lease import LEASE_NAME, current_holder
 from experiments.errors import ExperimentsError
+from experiments.follow import failure_line, run_local, wait_for
+from experiments.jobs import JOB_ID_FILE, JobRecord, alive, read_job, sweep_lock, write_job
 from experiments.launch import RunJob, git_state
+from experiments.reconcile import reconcile
 from experiments.spec import RunSpec, SweepSpec, expand_grid
 from experiments.store import (
     ChildRun,
     NewChild,
+    axis_tags,
+    axis_value,
     check_reachable,
+    child_runs,
     ensure_child_runs,
     ensure_experiment,
     ensure_parent_run,
+    find_experiment,
+    mark_run,
+    parent_run,
+    redact,
     reopen_parent,
     resolve_tracking_uri,
+    set_status,
+    sqlite_path,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-JOB_ID_FILE = "job_id"
+__all__ = ["JOB_ID_FILE", "make_executor", "plan", "submit"]
 
 
 def choose_executor(name: str) -> str:
@@ -92,24 +105,27 @@ def _splits(run: RunSpec) -> tuple[str, str]:
     return run.config.data.train_split, run.config.data.val_split
 
 
-def plan(spec: SweepSpec, tracking_uri: str, dry_run: bool, check_data: bool = True) -> list[Planned]:
-    """Create (or find) the parent and child runs; nothing is created in a dry run. The data is checked first."""
-    runs = expand_grid(spec)
+def plan(spec: SweepSpec, tracking_uri: str, dry_run: bool, runs: list[RunSpec] | None = None) -> list[Planned]:
+    """Create (or find) the parent and child runs of the grid's cells (``runs``: expanded already); nothing is
+    created in a dry run."""
+    runs = expand_grid(spec) if runs is None else runs
     if dry_run:
         return [Planned(r, None) for r in runs]
-    if check_data:
-        check_datasets(runs, workers=min(8, available_cpus()))
     experiment_id = ensure_experiment(tracking_uri, spec.experiment)
     git = git_state(REPO)
     parent = ensure_parent_run(
-        tracking_uri,
-        experiment_id,
-        spec.name,
-        params={f"grid.{k}": v for k, v in spec.grid.items()} | {"spec": str(spec.path)},
-        tags=git,
+        tracking_uri, experiment_id, spec.name, tags={**git, "sweep.spec": str(spec.path)}, grid=spec.grid
     )
-    tags = {"sweep.name": spec.name, **git}
-    cells = [NewChild(r.config_hash, r.name, flatten(to_dict(r.config)), tags) for r in runs]
+    short = axis_tags(spec.grid)
+    cells = [
+        NewChild(
+            r.config_hash,
+            r.name,
+            flatten(to_dict(r.config)),
+            {"sweep.name": spec.name, **git, **{short[k]: axis_value(v) for k, v in r.values.items()}},
+        )
+        for r in runs
+    ]
     children = ensure_child_runs(tracking_uri, experiment_id, parent, cells)
     return [Planned(r, children[r.config_hash]) for r in runs]
 
@@ -121,6 +137,61 @@ def print_table(planned: list[Planned]) -> None:
         print(f"{p.run.config_hash:<13} {p.run.name:<28} {status:<10} {p.run.run_dir}")
 
 
+def check_runs_root(folder: Path, create: bool) -> None:
+    """The sweep's run folder can be written (created unless ``create`` is false), before any MLflow run exists."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ExperimentsError(f"runs_root: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ExperimentsError(f"runs_root: {existing} is not writable")
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ExperimentsError(f"runs_root: cannot create {folder} ({err.strerror})") from None
+
+
+def check_same_store(spec: SweepSpec, uri: str, runs: list[RunSpec]) -> None:
+    """Run directories that record MLflow runs this store does not hold (it was deleted, moved or replaced) are
+    not given new runs in it: their history is elsewhere (restore the store), or they start over when moved away."""
+    records = {r.config_hash: (r, rec) for r in runs if (rec := read_job(r.run_dir)) and rec.run_id}
+    if not records:
+        return
+    db = sqlite_path(uri)
+    children = {}
+    if db is None or db.is_file():
+        experiment_id = find_experiment(uri, spec.experiment)
+        parent = parent_run(uri, experiment_id, spec.name) if experiment_id else None
+        children = child_runs(uri, experiment_id, parent) if parent else {}
+    lost = [r for h, (r, rec) in records.items() if h not in children or children[h].run_id != rec.run_id]
+    if lost:
+        raise ExperimentsError(
+            f"{len(lost)} run dir(s) of sweep {spec.name}, e.g. {lost[0].run_dir}, record MLflow runs that "
+            f"{redact(uri)} does not hold (was the store deleted, moved or replaced?): restore it and run "
+            f"`experiments sync`, or move the run dirs (or their {JOB_ID_FILE} files) away to start them over"
+        )
+
+
+def _unstarted(planned: list[Planned]) -> tuple[list[Planned], list[str]]:
+    """The unfinished runs nothing is training or about to train; and one line per run skipped for that."""
+    open_runs = [p for p in planned if p.child.status != "FINISHED"]
+    records = {p.run.config_hash: rec for p in open_runs if (rec := read_job(p.run.run_dir)) is not None}
+    living = alive(records)
+    todo, skipped = [], []
+    for p in open_runs:
+        record, holder = records.get(p.run.config_hash), current_holder(p.run.run_dir / LEASE_NAME)
+        state = living.get(p.run.config_hash, False)
+        if holder is not None:
+            skipped.append(f"skipped {p.run.name}: its run dir is held by {holder.describe()}")
+        elif record is not None and state:
+            skipped.append(f"skipped {p.run.name}: {record.describe()} is alive")
+        elif record is not None and state is None:
+            skipped.append(f"skipped {p.run.name}: cannot tell from here whether {record.describe()} lives")
+        else:
+            todo.append(p)
+    return todo, skipped
+
+
 def submit(
     spec: SweepSpec,
     executor_name: str = "auto",
@@ -130,26 +201,75 @@ def submit(
     tracking_uri: str | None = None,
     check_data: bool = True,
 ) -> list[submitit.Job]:
-    """Submit every unfinished run of the sweep as one job array; finished runs are skipped. Real datasets are
-    decoded once first (``check_data``)."""
+    """Submit every unfinished run of the sweep that no live job is training, as one job array. Real datasets are
+    decoded once first (``check_data``), before any MLflow run is created.
+
+    The check, the submission and the job records happen under the sweep's lock: two sweeps of one spec submit
+    each run once (the second finds the first's jobs alive). Runs left SCHEDULED/RUNNING by dead jobs are
+    reconciled first; runs created here but not submitted (the submission failed) end KILLED with the reason."""
     kind = choose_executor(executor_name)
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
     check_reachable(uri)
-    planned = plan(spec, uri, dry_run, check_data)
-    print_table(planned)
+    folder = spec.runs_root / spec.name
+    check_runs_root(folder, create=not dry_run)
     if dry_run:
+        planned = plan(spec, uri, dry_run)
+        print_table(planned)
         print(f"dry run: {len(planned)} runs, nothing submitted")
         return []
-    todo = [p for p in planned if p.child.status != "FINISHED"]
-    if not todo:
-        print("every run is FINISHED: nothing to submit")
-        return []
+    runs = expand_grid(spec)
+    if check_data:
+        check_datasets(runs, workers=min(8, available_cpus()))
+    with sweep_lock(folder):
+        check_same_store(spec, uri, runs)
+        planned = plan(spec, uri, dry_run, runs)
+        children = {p.run.config_hash: p.child for p in planned}
+        for fixed in reconcile(uri, [p.run for p in planned], children, resubmitting=True):
+            print(f"reconciled {fixed.line}")
+            children[fixed.config_hash].status = fixed.status
+        print_table(planned)
+        todo, skipped = _unstarted(planned)
+        for line in skipped:
+            print(line)
+        if not todo:
+            finished = sum(p.child.status == "FINISHED" for p in planned)
+            print("every run is FINISHED: nothing to submit" if not skipped else
+                  f"nothing to submit: {finished} FINISHED, {len(skipped)} skipped")  # fmt: skip
+            return []
+        started = time.time()
+        try:
+            jobs = _fan_out(spec, kind, uri, todo)
+        except BaseException as err:  # the runs set SCHEDULED for this submission must not stay so
+            why = failure_line(str(err)) or err.__class__.__name__
+            for p in todo:
+                if (rec := read_job(p.run.run_dir)) is None or rec.submitted < started:
+                    mark_run(uri, p.child.run_id, "KILLED", f"not submitted: {why}")
+            if isinstance(err, Exception) and not isinstance(err, ExperimentsError):
+                raise ExperimentsError(f"submission failed: {why[:300]}") from None
+            raise
+    names = [p.run.name for p in todo]
+    if kind == "local":  # LocalExecutor starts everything at once: keep `parallelism` jobs running
+        return run_local(jobs, names, [p.run.run_dir for p in todo], [p.child.run_id for p in todo],
+                         spec.local.parallelism)  # fmt: skip
+    print(f"submitted {len(jobs)} runs ({kind}); follow with: python -m experiments status {spec.path}", flush=True)
+    if wait:
+        wait_for(jobs, names)
+    return jobs
+
+
+def _fan_out(spec: SweepSpec, kind: str, uri: str, todo: list[Planned]) -> Any:
+    """Data made once, runs SCHEDULED, then the SLURM job array submitted (or the local jobs queued) and each
+    run's job recorded in its run directory."""
     seen = set()
     for p in todo:  # synthetic datasets are generated once here, not raced by the jobs
         data = p.run.config.data
         if data.synthetic is not None and (data.root, repr(data.synthetic)) not in seen:
             seen.add((data.root, repr(data.synthetic)))
             ensure_synthetic(Path(data.root), data.synthetic)
+    for p in todo:
+        if p.child.status != "SCHEDULED":  # a resubmitted run waits for its new job
+            set_status(uri, p.child.run_id, "SCHEDULED")
+        p.run.run_dir.mkdir(parents=True, exist_ok=True)
     reopen_parent(uri, todo[0].child.tags["mlflow.parentRunId"])
     executor = make_executor(kind, spec, spec.runs_root / spec.name / ".submitit")
     threads = spec.local.threads_per_job or max(1, (os.cpu_count() or 1) // spec.local.parallelism)
@@ -164,74 +284,15 @@ def submit(
         )
         for p in todo
     ]
-    for p in todo:
-        p.run.run_dir.mkdir(parents=True, exist_ok=True)
-    names = [p.run.name for p in todo]
-    if kind == "local":  # LocalExecutor starts everything at once: keep `parallelism` jobs running
-        return run_local(executor, jobs_in, names, [p.run.run_dir for p in todo], spec.local.parallelism)
+    if kind == "local":  # started one by one by run_local; until then the queue belongs to this process
+        for p in todo:
+            write_job(p.run.run_dir, JobRecord.local("queued", "", p.child.run_id, os.getpid()))
+        return executor, jobs_in
     jobs = executor.submit_array(jobs_in)
     for p, job in zip(todo, jobs, strict=True):
-        (p.run.run_dir / JOB_ID_FILE).write_text(f"{kind} {job.job_id}\n")
-    print(f"submitted {len(jobs)} runs ({kind}); follow with: python -m experiments status {spec.path}", flush=True)
-    if wait:
-        wait_for(jobs, names)
+        if kind == "debug":  # runs inside this process, when its result is asked for
+            record = JobRecord.local("debug", str(job.job_id), p.child.run_id, os.getpid())
+        else:
+            record = JobRecord(kind, str(job.job_id), p.child.run_id, submitted=time.time())
+        write_job(p.run.run_dir, record)
     return jobs
-
-
-def run_local(
-    executor: submitit.Executor, jobs_in: list[RunJob], names: list[str], run_dirs: list[Path], parallelism: int
-) -> list[submitit.Job]:
-    """Run local jobs, at most ``parallelism`` at a time, until all end."""
-    queue = list(zip(names, jobs_in, run_dirs, strict=True))
-    running: dict[str, submitit.Job] = {}
-    started: list[submitit.Job] = []
-    failed: list[str] = []
-    print(f"running {len(queue)} runs locally, {parallelism} at a time", flush=True)
-    while queue or running:
-        while queue and len(running) < parallelism:
-            name, job_in, run_dir = queue.pop(0)
-            job = executor.submit(job_in)
-            (run_dir / JOB_ID_FILE).write_text(f"local {job.job_id}\n")
-            running[name] = job
-            started.append(job)
-            print(f"  start {name}", flush=True)
-        for name, job in list(running.items()):
-            if job.done():
-                del running[name]
-                _report(name, job, failed)
-        time.sleep(0.5)
-    if failed:
-        raise ExperimentsError(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their MLflow runs and logs)")
-    return started
-
-
-def _report(name: str, job: submitit.Job, failed: list[str]) -> None:
-    try:
-        metrics = job.results()[0]  # rank 0's; `result()` refuses multi-task (DDP) jobs
-        print(f"  done  {name}: val mIoU {100 * metrics.get('val/mIoU', float('nan')):.2f}", flush=True)
-    except Exception as err:  # the job's own error, in one line
-        failed.append(name)
-        print(f"  FAILED {name}: {failure_line(str(err))[:300]}", flush=True)
-
-
-def failure_line(text: str) -> str:
-    """The exception line of a submitit failure (its text ends with a traceback, then log paths)."""
-    lines = [line.strip() for line in text.strip().splitlines()]
-    if any(line.startswith("You can check full logs") for line in lines):
-        lines = lines[: next(i for i, line in enumerate(lines) if line.startswith("You can check full logs"))]
-    lines = [line for line in lines if line and not set(line) <= {"-"}]
-    return lines[-1] if lines else text.strip()
-
-
-def wait_for(jobs: list[submitit.Job], names: list[str]) -> None:
-    """Block until every job ends, printing one line per finished job; raise if any failed."""
-    pending = dict(zip(names, jobs, strict=True))
-    failed = []
-    while pending:
-        for name, job in list(pending.items()):
-            if job.done():
-                del pending[name]
-                _report(name, job, failed)
-        time.sleep(1)
-    if failed:
-        raise ExperimentsError(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their MLflow runs and logs)")

@@ -13,6 +13,7 @@ import pytest
 from pg import require_bin_dir, running_postgres
 from test_ui_browser import run_sweep, write_spec
 
+from experiments.jobs import read_job
 from experiments.server import running_server
 
 if TYPE_CHECKING:
@@ -33,12 +34,12 @@ SLURM = {
 
 
 def _job_ids(runs_root: Path) -> list[str]:
-    """The SLURM job ids the sweep wrote into its run directories (``slurm <id>`` per run)."""
+    """The SLURM job ids the sweep recorded in its run directories."""
     ids = []
     for path in runs_root.glob(f"{SWEEP}/*/job_id"):
-        kind, _, job = path.read_text().strip().partition(" ")
-        if kind == "slurm" and job:
-            ids.append(job)
+        job = read_job(path.parent)
+        if job is not None and job.kind == "slurm":
+            ids.append(job.job_id)
     return ids
 
 

@@ -22,8 +22,9 @@ from tiny import REPO, TINY
 
 from deeplab.checkpoint import load_checkpoint
 from deeplab.engine import train
+from experiments.jobs import read_job
 from experiments.spec import SweepSpec, expand_grid, load_spec
-from experiments.sweep import JOB_ID_FILE, submit
+from experiments.sweep import submit
 
 if TYPE_CHECKING:
     from conftest import LocalCluster
@@ -103,7 +104,7 @@ def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 
 
 def _job_ids(spec: SweepSpec) -> list[str]:
-    return [(r.run_dir / JOB_ID_FILE).read_text().split()[1] for r in expand_grid(spec)]
+    return [read_job(r.run_dir).job_id for r in expand_grid(spec)]
 
 
 def _logs(spec: SweepSpec) -> str:

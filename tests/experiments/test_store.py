@@ -3,22 +3,32 @@ runs MLflow's one-by-one calls make: SCHEDULED, tagged, with every param; a resu
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from experiments.errors import ExperimentsError
 from experiments.server import running_server
 from experiments.store import (
     NewChild,
+    StoreGone,
+    axis_tags,
+    axis_value,
     child_runs,
     close_parent_if_done,
     ensure_child_run,
     ensure_child_runs,
     ensure_experiment,
     ensure_parent_run,
+    find_experiment,
+    log_artifact,
     mark_run,
+    metric_histories,
+    record_run,
     reopen_parent,
+    sweep_axes,
 )
 
 PARAMS = {f"section.key{i}": i for i in range(120)} | {"data.root": "/x" * 10, "model.backbone": "resnet50"}
@@ -105,3 +115,88 @@ def test_a_sqlite_experiment_keeps_its_artifacts_beside_the_database(
     assert list(elsewhere.iterdir()) == []
     chosen = (tmp_path / "chosen").as_uri()
     assert client.get_experiment(ensure_experiment(uri, "chosen", artifact_location=chosen)).artifact_location == chosen
+
+
+@pytest.fixture(scope="module")
+def shared_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One store for the tests that each use their own experiment (a fresh store costs MLflow's migrations)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'm.db'}"
+
+
+def test_record_run_is_idempotent_by_key(shared_uri: str) -> None:
+    uri = shared_uri
+    points = [("train/loss", 1.0 / s, s) for s in range(1, 6)] + [("val/mIoU", float("nan"), 5)]
+    kwargs = {"key": "seedlog-abc", "run_name": "seed log", "tags": {"source": "seed-log", "empty": ""}}
+    first, created = record_run(uri, "imports", **kwargs, params={"model.backbone": "resnet50"}, metrics=points)
+    again = record_run(uri, "imports", **kwargs, params={"model.backbone": "resnet50", "x": 1}, metrics=points[2:])
+    assert created and again == (first, False)
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("imports").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params == {"model.backbone": "resnet50", "x": "1"}
+    assert run.data.tags["source"] == "seed-log" and "empty" not in run.data.tags  # no empty tags
+    assert sorted(m.step for m in client.get_metric_history(first, "train/loss")) == [1, 2, 3, 4, 5]
+    with pytest.raises(ExperimentsError, match="param model.backbone is already 'resnet50'"):
+        record_run(uri, "imports", **kwargs, params={"model.backbone": "resnet101"})
+    other = record_run(uri, "imports", key="seedlog-def", run_name="other", status="RUNNING").run_id
+    assert other != first and client.get_run(other).info.status == "RUNNING"
+
+
+def test_the_parent_run_keeps_every_grid_axis_and_children_carry_short_tags(shared_uri: str, tmp_path: Path) -> None:
+    uri = shared_uri
+    eid = ensure_experiment(uri, "axes")
+    grid = {"model.backbone": ["resnet50", "resnet101"], "train.seed": [0, 1], "data.crop_size": [[32, 64]]}
+    parent = ensure_parent_run(uri, eid, "axes", tags={"git.dirty": ""}, grid=grid)
+    assert ensure_parent_run(uri, eid, "axes", grid={"train.seed": [2, 1], "train.iterations": [6]}) == parent
+    assert sweep_axes(uri, "axes") == {
+        "model.backbone": ["resnet50", "resnet101"],
+        "train.seed": [0, 1, 2],  # seeds added by a later sweep join the earlier ones
+        "data.crop_size": [[32, 64]],
+        "train.iterations": [6],
+    }
+    assert "git.dirty" not in MlflowClient(uri).get_run(parent).data.tags
+    (tmp_path / "report.html").write_text("<p>verdict</p>")
+    log_artifact(uri, parent, tmp_path / "report.html")  # what the analysis attaches to the parent run
+    assert [f.path for f in MlflowClient(uri).list_artifacts(parent)] == ["report.html"]
+    keys = ["model.backbone", "train.seed", "a.seed", "model.weights", "train.source"]
+    assert axis_tags(keys) == {
+        "model.backbone": "backbone",
+        "train.seed": "train.seed",  # two axes end in "seed": the whole key tells them apart
+        "a.seed": "a.seed",
+        "model.weights": "weights",
+        "train.source": "train.source",  # "source" is a tag of the project's own
+    }
+    assert [axis_value(v) for v in ("resnet50", 3, 0.5, [32, 64], None, "")] == [
+        "resnet50", "3", "0.5", "[32, 64]", "null", '""'
+    ]  # fmt: skip
+
+
+def _create(uri: str, out: str) -> None:
+    try:
+        Path(out).write_text(ensure_experiment(uri, "race"))
+    except BaseException as err:
+        Path(out).write_text(f"error: {err.__class__.__name__}: {err}")
+        raise
+
+
+def test_several_processes_creating_one_fresh_store_at_once(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    (tmp_path / "fresh").mkdir()
+    context = multiprocessing.get_context("fork")  # forked: all six reach MLflow's migrations together
+    procs = [context.Process(target=_create, args=(uri, str(tmp_path / f"out{i}"))) for i in range(6)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+    outs = [(tmp_path / f"out{i}").read_text() for i in range(6)]
+    assert [proc.exitcode for proc in procs] == [0] * 6, outs
+    assert len(set(outs)) == 1 and not outs[0].startswith("error")  # one experiment, the same id everywhere
+    assert [e.name for e in MlflowClient(uri).search_experiments()] == ["race", "Default"]
+
+
+def test_readers_never_create_a_store(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'missing.db'}"
+    with pytest.raises(StoreGone, match="does not exist"):
+        find_experiment(uri, "x")
+    with pytest.raises(StoreGone):
+        metric_histories(uri, ["r"], ["k"])
+    assert list(tmp_path.iterdir()) == []

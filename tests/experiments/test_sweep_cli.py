@@ -69,6 +69,7 @@ def _assert_nothing_created(tmp_path: Path) -> None:
         ("slurm without sbatch", "--executor slurm: sbatch is not on PATH"),
         ("unreachable tracking URI", "tracking URI http://127.0.0.1:9 does not answer"),
         ("spec file missing", "sweep spec not found: "),
+        ("runs_root is a file", "runs_root: "),
     ],
 )
 def test_bad_input_is_named_in_one_line_and_nothing_is_created(tmp_path: Path, case: str, needle: str) -> None:
@@ -86,12 +87,17 @@ def test_bad_input_is_named_in_one_line_and_nothing_is_created(tmp_path: Path, c
         args += ["--tracking-uri", "http://127.0.0.1:9"]
     elif case == "spec file missing":
         spec = tmp_path / "missing.yaml"
+    elif case == "runs_root is a file":
+        (tmp_path / "runs").write_text("not a directory")
     out = _cli("sweep", str(spec), *args, cwd=tmp_path, path=path)
     assert out.returncode == 2, (out.returncode, out.stderr[-500:])
     line = _error_line(out)
     assert needle in line, line
     if case == "spec file missing":
         assert str(spec) in line
+    if case == "runs_root is a file":  # checked before any MLflow run (or store) is made
+        assert line == f"error: runs_root: {tmp_path / 'runs'} is not a directory"
+        (tmp_path / "runs").unlink()
     assert "submitted" not in out.stdout
     _assert_nothing_created(tmp_path)
 
@@ -152,8 +158,12 @@ def test_sync_replays_spools_into_their_runs(tmp_path: Path) -> None:
 
     out = _cli("sync", str(spec_path), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-800:]
-    assert out.stdout.splitlines() == [
-        f"synced 5 spooled points of {p.run.name} into run {p.child.run_id}" for p in spooled
+    lines = out.stdout.splitlines()
+    assert lines[:2] == [f"synced 5 spooled points of {p.run.name} into run {p.child.run_id}" for p in spooled]
+    # the runs were created but no job was ever submitted for them (a sweep that stopped first): not left SCHEDULED
+    assert lines[2:] == [
+        f"reconciled {p.run.name}: was SCHEDULED, never submitted (the command that created it stopped first): KILLED"
+        for p in planned
     ]
     client = MlflowClient(uri)
     for i, p in enumerate(spooled):
@@ -164,6 +174,7 @@ def test_sync_replays_spools_into_their_runs(tmp_path: Path) -> None:
 
     again = _cli("sync", str(spec_path), cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.strip() == f"sweep {spec.name}: no spooled points to sync"
+    assert {MlflowClient(uri).get_run(p.child.run_id).info.status for p in planned} == {"KILLED"}
     assert all(len(client.get_metric_history(p.child.run_id, "train/loss")) == 5 for p in spooled)  # sent once
 
 

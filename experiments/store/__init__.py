@@ -1,0 +1,109 @@
+"""The one home of MLflow I/O: every read and write of the tracking store goes through this package.
+
+Nothing else in experiments/ or analysis/ imports mlflow, except ``experiments.mlflow_tracker`` (the engine's
+tracker, which opens its client here too). Writes use MLflow's client only; reads too, except one read-only
+query for metric histories, used only on the schema revision it was checked against (read.py).
+
+- uri.py: resolution, parsing and redaction of tracking URIs, reachability
+- client.py: ``open_client`` (never creates a sqlite store by accident; creation serialised), ``StoreGone``
+- write.py: batches, tags, params, states, experiments, ``record_run`` (idempotent by key)
+- sweeps.py: a sweep's parent run (its grid axes) and child runs
+- read.py: run records, metric histories, first points, artifacts
+"""
+
+from experiments.store.client import StoreGone, open_client
+from experiments.store.read import (
+    RunRecord,
+    download_artifact,
+    first_points,
+    metric_histories,
+    run_records,
+)
+from experiments.store.sweeps import (
+    GRID_TAG,
+    PARENT_ROLE,
+    ChildRun,
+    NewChild,
+    axis_tags,
+    axis_value,
+    child_runs,
+    close_parent_if_done,
+    ensure_child_run,
+    ensure_child_runs,
+    ensure_parent_run,
+    parent_run,
+    reopen_parent,
+    sweep_axes,
+)
+from experiments.store.uri import (
+    check_reachable,
+    default_tracking_uri,
+    driver_uri,
+    is_database,
+    redact,
+    resolve_tracking_uri,
+    sqlite_path,
+)
+from experiments.store.write import (
+    MAX_PARAM_LENGTH,
+    RECORD_KEY,
+    TERMINAL,
+    Recorded,
+    batches,
+    ensure_experiment,
+    find_experiment,
+    log,
+    log_artifact,
+    mark_run,
+    params_of,
+    record_run,
+    run_status,
+    set_status,
+    tags_of,
+)
+
+__all__ = [
+    "GRID_TAG",
+    "MAX_PARAM_LENGTH",
+    "PARENT_ROLE",
+    "RECORD_KEY",
+    "TERMINAL",
+    "ChildRun",
+    "NewChild",
+    "Recorded",
+    "RunRecord",
+    "StoreGone",
+    "axis_tags",
+    "axis_value",
+    "batches",
+    "check_reachable",
+    "child_runs",
+    "close_parent_if_done",
+    "default_tracking_uri",
+    "download_artifact",
+    "driver_uri",
+    "ensure_child_run",
+    "ensure_child_runs",
+    "ensure_experiment",
+    "ensure_parent_run",
+    "find_experiment",
+    "first_points",
+    "is_database",
+    "log",
+    "log_artifact",
+    "mark_run",
+    "metric_histories",
+    "open_client",
+    "params_of",
+    "parent_run",
+    "record_run",
+    "redact",
+    "reopen_parent",
+    "resolve_tracking_uri",
+    "run_records",
+    "run_status",
+    "set_status",
+    "sqlite_path",
+    "sweep_axes",
+    "tags_of",
+]
