@@ -39,7 +39,7 @@ def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, out: Path, metric: s
     fig, axes = plt.subplots(1, len(schedules), figsize=(4.2 * len(schedules), 3.4), squeeze=False, sharey=True)
     for ax, schedule in zip(axes[0], schedules, strict=True):
         for backbone, group in data[data.iterations == schedule].groupby("backbone"):
-            stats = group.groupby("step")["value"].agg(lambda v: tuple(100 * v.to_numpy()))
+            stats = group.groupby("step")["value"].agg(lambda v: tuple(v.to_numpy()))
             steps = stats.index.to_numpy()
             mean = np.array([np.mean(v) for v in stats])
             bands = np.array([_band(np.array(v)) for v in stats])
@@ -101,7 +101,7 @@ def per_class_delta_figure(per_class: pd.DataFrame, runs: pd.DataFrame, out: Pat
     table = data.groupby(["class", "backbone"])["iou"].mean().unstack()
     fig, ax = plt.subplots(figsize=(7, 4))
     if {"resnet50", "resnet101"} <= set(table.columns):
-        delta = 100 * (table["resnet50"] - table["resnet101"]).sort_values()
+        delta = (table["resnet50"] - table["resnet101"]).sort_values()
         ax.barh(delta.index, delta.to_numpy(), color=np.where(delta.to_numpy() >= 0, "tab:blue", "tab:orange"))
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel(f"Δ IoU res50 − res101 (points), {int(longest)} iterations")
@@ -113,7 +113,7 @@ def cost_figure(runs: pd.DataFrame, out: Path) -> list[Path]:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     hours = "gpu_hours" if runs.gpu_hours.notna().any() else "device_hours"
     for backbone, group in runs.dropna(subset=["miou"]).groupby("backbone"):
-        ax1.scatter(group[hours], 100 * group.miou, label=backbone, color=COLOURS.get(backbone))
+        ax1.scatter(group[hours], group.miou, label=backbone, color=COLOURS.get(backbone))
     ax1.set_xlabel(hours.replace("_", "-"))
     ax1.set_ylabel("val mIoU (%)")
     ax1.legend()

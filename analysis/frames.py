@@ -69,12 +69,21 @@ def _wall_hours(start: int | None, end: int | None, first_point: int | None) -> 
     return max(0.0, ((end or begin) - begin) / 3.6e6)
 
 
+LEGACY_SEED_METRIC = "val/mIoU_seed_metric"  # what the void-as-FP mIoU was called while mIoU was a fraction
+
+
 def runs_frame(tracking_uri: str, experiment: str) -> pd.DataFrame:
-    """One row per child run: config columns, hash, status, final metrics, wall time and GPU-hours."""
+    """One row per child run: config columns, hash, status, final metrics (mIoU in points), wall time, GPU-hours."""
     eid = _experiment_id(tracking_uri, experiment)
     records = run_records(tracking_uri, eid)
     found = [r for r in records if r.tags.get("config_hash") and r.tags.get("sweep.role") != PARENT_ROLE]
     began = first_points(tracking_uri, [run.run_id for run in found], TRAIN_LR)
+    legacy = [run.name for run in found if LEGACY_SEED_METRIC in run.metrics]
+    if legacy:
+        raise AnalysisError(
+            f"experiment {experiment!r}: {len(legacy)} run(s) ({', '.join(legacy[:3])}) were logged with mIoU as a "
+            "fraction, before the store kept points; sweep into a fresh store (or re-import the log)"
+        )
     rows = []
     for run in found:
         p = run.params
@@ -89,7 +98,7 @@ def runs_frame(tracking_uri: str, experiment: str) -> pd.DataFrame:
             "crop_size": p.get("data.crop_size"),
             "synthetic": any(k.startswith("data.synthetic.") for k in p),
             "miou": run.metrics.get(VAL_MIOU),
-            "miou_seed_metric": run.metrics.get(VAL_MIOU_SEED),
+            "miou_void_as_fp": run.metrics.get(VAL_MIOU_SEED),
             "params": _number(p.get("info.params")),
             "gflops": _number(p.get("info.gflops")),
             "wall_hours": hours,
@@ -115,7 +124,7 @@ def curves_frame(
 
 
 def per_class_frame(tracking_uri: str, run_ids: list[str]) -> pd.DataFrame:
-    """Per-class IoU of each run's final validation: (run_id, class, iou).
+    """Per-class IoU (points) of each run's final validation: (run_id, class, iou).
 
     Only points at the step of the run's last ``val/mIoU`` count: a class whose IoU is undefined at the end
     (absent and never predicted) is not logged then, and MLflow's latest value for it is an older validation's.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from analysis.errors import AnalysisError
 from analysis.seed_log import SEED_EPOCH_ITERATIONS, SeedLog, parse_seed_log
-from deeplab.tracking import ITER_TIME, TRAIN_LOSS, TRAIN_LR, VAL_MIOU, VAL_MIOU_SEED
+from deeplab.tracking import ITER_TIME, TRAIN_LOSS, TRAIN_LR, VAL_MIOU, VAL_MIOU_SEED, points
 from experiments.store import RECORD_KEY, check_reachable, record_run
 
 KEY_TAG = RECORD_KEY  # the run's key: a hash of the parsed facts and the options
@@ -58,13 +58,14 @@ def _result(log: SeedLog, key: str) -> tuple[dict[str, str], list[tuple[str, flo
     if vals and any(v.new_best for v in vals):
         best = max(vals, key=lambda v: v.miou)
         tags = {"result.reported": "best", "result.selection": f"best-of-{len(vals)}-on-val"}
-        tags |= {"result.selected_on": "val", "result.miou": repr(best.miou), "result.iteration": str(best.iteration)}
-        return tags, [(f"{key}_best", best.miou, best.iteration)]
+        tags |= {"result.selected_on": "val", "result.miou": f"{points(best.miou):.2f}"}
+        tags["result.iteration"] = str(best.iteration)
+        return tags, [(f"{key}_best", points(best.miou), best.iteration)]
     if log.final_eval is not None:
         return {"result.reported": "final evaluation", "result.selection": "final"}, []
     if not vals:
         return {"result.reported": "none (no validation in the log)", "result.selection": "unknown"}, []
-    return {"result.reported": "last", "result.selection": "final", "result.miou": repr(vals[-1].miou)}, []
+    return {"result.reported": "last", "result.selection": "final", "result.miou": f"{points(vals[-1].miou):.2f}"}, []
 
 
 def import_log(
@@ -97,15 +98,15 @@ def import_log(
         for a, b in zip(log.progress, log.progress[1:], strict=False)
         if b.iteration > a.iteration
     ]
-    metrics += [(val_key, v.miou, v.iteration) for v in log.validations]
+    metrics += [(val_key, points(v.miou), v.iteration) for v in log.validations]  # the store keeps points
     if log.final_eval is not None:
-        metrics.append((val_key.replace("val/", "eval/", 1), log.final_eval, total))
+        metrics.append((val_key.replace("val/", "eval/", 1), points(log.final_eval), total))
     result_tags, best = _result(log, val_key)
     facts = {
         "progress": [vars(p) for p in log.progress],
         "validations": [(v.iteration, v.miou) for v in log.validations],
     }
-    facts |= {"final": log.final_eval, "total": total, "backbone": backbone, "evaluator": evaluator}
+    facts |= {"final": log.final_eval, "total": total, "backbone": backbone, "evaluator": evaluator, "unit": "points"}
     key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
     tags = {
         "source": "seed-log",
@@ -136,11 +137,11 @@ def import_log(
 def _describe(log: SeedLog, tags: dict[str, str]) -> str:
     n = len(log.validations)
     if tags["result.reported"] == "best":
-        return f"{n} validations; result = the best, {float(tags['result.miou']):.4f} after iteration " + (
+        return f"{n} validations; result = the best, {tags['result.miou']} mIoU after iteration " + (
             f"{tags['result.iteration']}, selected on val"
         )
     if tags["result.reported"] == "final evaluation":
-        return f"{n} validations; result = the final model's evaluation, {log.final_eval:.4f}"
+        return f"{n} validations; result = the final model's evaluation, {points(log.final_eval):.2f} mIoU"
     if not n:
         return "no validation (loss and lr curves only)"
-    return f"{n} validations; result = the last, {log.validations[-1].miou:.4f}"
+    return f"{n} validations; result = the last, {points(log.validations[-1].miou):.2f} mIoU"

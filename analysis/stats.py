@@ -19,7 +19,7 @@ def seed_summary(runs: pd.DataFrame, value: str = "miou") -> pd.DataFrame:
     """Per (backbone, iterations): n seeds, mean, std and the 95% t-interval of the mean (NaN when n < 2)."""
     rows = []
     for (backbone, iterations), group in runs.dropna(subset=[value]).groupby(["backbone", "iterations"]):
-        x = 100 * group[value].to_numpy(dtype=float)
+        x = group[value].to_numpy(dtype=float)
         n, mean = len(x), float(x.mean())
         std = float(x.std(ddof=1)) if n > 1 else float("nan")
         half = float(sps.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else float("nan")

@@ -1,7 +1,7 @@
 """How fast the analysis loads a big sweep: 200 runs × 100 validation points into runs and curves frames.
 
 The store is a fresh sqlite file filled through MLflow's own ``log_batch`` with what the engine logs: the
-flattened config and ``info.*`` as params, ``val/mIoU``, ``val/mIoU_seed_metric`` and a few ``val/IoU/<class>``
+flattened config and ``info.*`` as params, ``val/mIoU``, ``val/mIoU_void_as_fp`` and a few ``val/IoU/<class>``
 per validation. Goal: ``runs_frame`` + ``curves_frame`` under 3 s.
 
 The analysis reads through ``experiments.store``: run records by MLflow's ``search_runs``, metric histories by

@@ -180,7 +180,7 @@ def train(
             return TrainResult("interrupted", done)
         metrics = run.validate(done, final=True)
         run.checkpoint(done, metrics)
-        bar.message(f"finished: val mIoU {100 * metrics['val/mIoU']:.2f} at iteration {done}")
+        bar.message(f"finished: val mIoU {metrics['val/mIoU']:.2f} at iteration {done}")
         return TrainResult("finished", done, metrics)
     finally:
         bar.close()

@@ -42,7 +42,7 @@ def train_from_cli(cfg: Config, run_dir: Path, progress: str = "auto") -> int:
         return EXIT_INTERRUPTED
     if tracker is not None:
         tracker.close("FINISHED")
-        print(f"val mIoU {100 * result.metrics['val/mIoU']:.2f} (run dir {run_dir})")
+        print(f"val mIoU {result.metrics['val/mIoU']:.2f} (run dir {run_dir})")
     return 0
 
 

@@ -13,12 +13,14 @@ from typing import Any, Protocol
 
 from deeplab.errors import DeeplabError
 
-# Metric names (flat, namespaced, step = iteration).
+# Metric names (flat, namespaced, step = iteration). mIoU and IoU are in points (0-100), as the published tables
+# print them, everywhere a person reads them: the MLflow UI, metrics.jsonl, the class tables, the report.
 TRAIN_LOSS = "train/loss"
 TRAIN_LR = "train/lr"
 ITER_TIME = "time/iter_s"
 VAL_MIOU = "val/mIoU"
-VAL_MIOU_SEED = "val/mIoU_seed_metric"
+# The seed's March-2020 evaluator: predictions on void (ignored) ground-truth pixels count as false positives.
+VAL_MIOU_SEED = "val/mIoU_void_as_fp"
 VAL_IOU_PREFIX = "val/IoU/"  # + class name with spaces as underscores, e.g. val/IoU/traffic_light
 # train.log_best_of_val (the seed fork's protocol): the best val/mIoU of the N validations so far, the step it came
 # from, and N. Selected on val itself, so optimistic: never the run's result, only a labelled best-of-N figure.
@@ -32,6 +34,11 @@ ARTIFACT_VAL_DIR = "val"  # val/iter_000123/classes.csv, per-class IoU table at 
 ARTIFACT_CONFUSION = "final/confusion.npy"  # (n+1)x(n+1) int64, row = GT train id, last col = void prediction
 ARTIFACT_PER_IMAGE = "final/per_image_confusion.npz"  # arrays "names" (image ids) and "confusion" (N,n+1,n+1)
 ARTIFACT_OVERLAYS = "final/overlays"  # a few PNG overlays of predictions
+
+
+def points(fraction: float) -> float:
+    """An IoU fraction in points, rounded to 1e-10: the same fraction always gives the same logged value."""
+    return round(100 * float(fraction), 10)
 
 
 def iou_metric_name(class_name: str) -> str:

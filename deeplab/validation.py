@@ -27,6 +27,7 @@ from deeplab.tracking import (
     VAL_MIOU_SEED,
     Tracker,
     iou_metric_name,
+    points,
 )
 
 N_OVERLAYS = 3
@@ -35,10 +36,13 @@ N_OVERLAYS = 3
 def metrics_of(result: EvalResult, prefix: str = "val") -> dict[str, float]:
     """Tracker metrics of one evaluation (classes with an undefined IoU are left out)."""
     m = result.metrics
-    out = {VAL_MIOU.replace("val", prefix, 1): m.miou, VAL_MIOU_SEED.replace("val", prefix, 1): m.miou_seed}
+    out = {
+        VAL_MIOU.replace("val", prefix, 1): points(m.miou),
+        VAL_MIOU_SEED.replace("val", prefix, 1): points(m.miou_seed),
+    }
     for name, value in zip(CLASS_NAMES, m.iou, strict=True):
         if not math.isnan(value):
-            out[iou_metric_name(name).replace("val", prefix, 1)] = float(value)
+            out[iou_metric_name(name).replace("val", prefix, 1)] = points(value)
     return out
 
 
@@ -47,15 +51,15 @@ def _write_class_table(path: Path, result: EvalResult) -> None:
     m = result.metrics
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["class", "iou", "iou_seed_metric"])
+        writer.writerow(["class", "IoU_points", "IoU_void_as_fp_points"])
         for name, iou, seed in zip(CLASS_NAMES, m.iou, m.iou_seed, strict=True):
-            writer.writerow([name, f"{iou:.6f}", f"{seed:.6f}"])
-        writer.writerow(["mIoU", f"{m.miou:.6f}", f"{m.miou_seed:.6f}"])
+            writer.writerow([name, f"{100 * iou:.4f}", f"{100 * seed:.4f}"])
+        writer.writerow(["mIoU", f"{100 * m.miou:.4f}", f"{100 * m.miou_seed:.4f}"])
 
 
 def best_of_val(run_dir: Path, iteration: int) -> dict[str, float]:
-    """The best single-scale mIoU over this run's validations up to ``iteration``, read from their class tables
-    (to their 6 decimals; a resumed run needs no extra state: tables after the checkpoint are rewritten as it
+    """The best single-scale mIoU (points) over this run's validations up to ``iteration``, read from their class
+    tables (to their 4 decimals; a resumed run needs no extra state: tables after the checkpoint are rewritten as it
     replays)."""
     best, n = (-math.inf, -1), 0
     for table in (run_dir / "val").glob("iter_*/classes.csv"):

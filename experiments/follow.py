@@ -47,7 +47,7 @@ def run_local(
 def _report(name: str, job: submitit.Job, failed: list[str]) -> None:
     try:
         metrics = job.results()[0]  # rank 0's; `result()` refuses multi-task (DDP) jobs
-        print(f"  done  {name}: val mIoU {100 * metrics.get('val/mIoU', float('nan')):.2f}", flush=True)
+        print(f"  done  {name}: val mIoU {metrics.get('val/mIoU', float('nan')):.2f}", flush=True)
     except Exception as err:  # the job's own error, in one line
         failed.append(name)
         print(f"  FAILED {name}: {failure_line(str(err))[:300]}", flush=True)

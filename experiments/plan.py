@@ -152,7 +152,7 @@ def _store_sd(runs: list[RunSpec], frame: Any, notes: list[str]) -> float | None
     dof = sum(len(g) - 1 for _, g in cells if len(g) > 1)
     if not dof:
         return None
-    return 100 * math.sqrt(sum((len(g) - 1) * g.var(ddof=1) for _, g in cells if len(g) > 1) / dof)
+    return math.sqrt(sum((len(g) - 1) * g.var(ddof=1) for _, g in cells if len(g) > 1) / dof)
 
 
 def plan_study(

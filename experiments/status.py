@@ -66,7 +66,7 @@ def status_report(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[lis
                 "status": child.status if child else "NOT SUBMITTED",
                 "job": shown.strip(),
                 "iteration": f"{reached.get(child.run_id, 0) if child else 0}/{r.config.train.iterations}",
-                "val_mIoU": f"{100 * child.metrics[VAL_MIOU]:.2f}" if child and VAL_MIOU in child.metrics else "-",
+                "val_mIoU": f"{child.metrics[VAL_MIOU]:.2f}" if child and VAL_MIOU in child.metrics else "-",
                 "run_id": child.run_id if child else "",
             }
         )

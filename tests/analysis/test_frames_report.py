@@ -40,7 +40,7 @@ def test_runs_frame_has_one_finished_row_per_grid_cell(runs: pd.DataFrame, sweep
     assert cells == set(itertools.product(grid["model.backbone"], grid["train.iterations"], grid["train.seed"]))
     assert set(runs.config_hash) == {d.name for d in sweep_store.run_dirs}  # run dirs are named by config hash
     assert (runs.status == "FINISHED").all() and runs.synthetic.all()
-    assert runs.miou.between(0, 1).all() and runs.miou_seed_metric.between(0, 1).all()
+    assert runs.miou.between(0, 100).all() and runs.miou_void_as_fp.between(0, 100).all()  # points
     params = runs.groupby("backbone").params.first()
     assert params["resnet101"] > params["resnet50"] > 1e7
     assert (runs.gflops > 0).all()
@@ -69,7 +69,7 @@ def test_curves_have_a_point_at_every_validation(runs: pd.DataFrame, sweep_store
 def test_per_class_iou_averages_to_the_run_miou(runs: pd.DataFrame, sweep_store: SweepStore) -> None:
     per_class = per_class_frame(sweep_store.tracking_uri, list(runs.run_id))
     assert set(per_class["class"]) <= set(CLASS_NAMES)
-    assert per_class.iou.between(0, 1).all()
+    assert per_class.iou.between(0, 100).all()
     means = per_class.groupby("run_id").iou.mean()  # classes with undefined IoU are not logged
     assert means.loc[runs.run_id].to_numpy() == pytest.approx(runs.miou.to_numpy())
 
@@ -83,7 +83,7 @@ def test_per_image_confusions_feed_the_paired_bootstrap(runs: pd.DataFrame, swee
         assert len(names) == 1  # every run is scored on the same validation images, in the same order
         for (_, mats), miou in zip(loaded, group.miou, strict=True):
             assert mats.shape[1:] == (20, 20) and mats.shape[0] == len(next(iter(names)))
-            assert np.nanmean(iou_from_confusion(mats.sum(0))) == pytest.approx(miou)
+            assert 100 * np.nanmean(iou_from_confusion(mats.sum(0))) == pytest.approx(miou)
         pooled[backbone] = sum(mats for _, mats in loaded)
     result = bootstrap_miou_delta(pooled["resnet50"], pooled["resnet101"], n_boot=200)
     assert result.n_images == pooled["resnet50"].shape[0] and result.n_boot == 200

@@ -15,6 +15,7 @@ from analysis.errors import AnalysisError
 from analysis.frames import runs_frame
 from analysis.import_log import KEY_TAG, import_log
 from analysis.seed_log import parse_seed_log
+from deeplab.tracking import points
 
 DATA = Path(__file__).parent / "data"
 HEAD = DATA / "fork-11311-head.out"  # first 99 lines of slurm-11311.out (tqdm redraws elided)
@@ -153,8 +154,9 @@ def test_import_keeps_the_curve_and_says_what_the_result_is(tmp_path: Path, uri:
     done = import_log(TAIL, uri, "curve", "resnet50", evaluator="official")
     client = MlflowClient(uri)
     run = client.get_run(done.run_id)
-    assert [(m.step, m.value) for m in client.get_metric_history(done.run_id, "val/mIoU")] == TAIL_VALIDATIONS
-    assert [(m.step, m.value) for m in client.get_metric_history(done.run_id, "val/mIoU_best")] == [TAIL_VALIDATIONS[1]]
+    in_points = [(step, points(miou)) for step, miou in TAIL_VALIDATIONS]  # the store keeps points
+    assert [(m.step, m.value) for m in client.get_metric_history(done.run_id, "val/mIoU")] == in_points
+    assert [(m.step, m.value) for m in client.get_metric_history(done.run_id, "val/mIoU_best")] == [in_points[1]]
     tags = run.data.tags
     assert tags["result.reported"] == "best" and tags["result.selection"] == "best-of-4-on-val"
     assert tags["result.selected_on"] == "val" and "last progress line printed before it" in tags["validation_rule"]
@@ -162,7 +164,7 @@ def test_import_keeps_the_curve_and_says_what_the_result_is(tmp_path: Path, uri:
     assert run.data.params["train.iterations"] == "60000" and run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(done.run_id, "train/loss")][-1] == 59900
     frame = runs_frame(uri, "curve")  # the analysis reads it like a sweep's run
-    assert len(frame) == 1 and frame.miou.iloc[0] == pytest.approx(0.7774947881698608)
+    assert len(frame) == 1 and frame.miou.iloc[0] == pytest.approx(77.74947881698608)  # points
     # the same log again, and a CRLF copy of it elsewhere: the same facts, so the same run
     crlf = tmp_path / "copy.out"
     crlf.write_bytes(TAIL.read_bytes().replace(b"\n", b"\r\n"))
@@ -181,9 +183,9 @@ def test_a_final_evaluation_is_the_result_of_a_log_without_best_lines(tmp_path: 
     client = MlflowClient(uri)
     run = client.get_run(done.run_id)
     assert [m.step for m in client.get_metric_history(done.run_id, "train/loss")] == [100, 200, 300]
-    assert run.data.metrics["eval/mIoU_seed_metric"] == pytest.approx(0.784770123)
+    assert run.data.metrics["eval/mIoU_void_as_fp"] == pytest.approx(78.4770123)
     assert run.data.tags["result.reported"] == "final evaluation" and "version unknown" in run.data.tags["miou_metric"]
-    assert "val/mIoU_seed_metric" not in run.data.metrics  # no in-training validation in this log
+    assert "val/mIoU_void_as_fp" not in run.data.metrics  # no in-training validation in this log
 
 
 def _cli(path: Path, uri: str, experiment: str) -> subprocess.Popen:
@@ -235,3 +237,13 @@ def test_nothing_parseable_is_an_error_and_creates_no_run(tmp_path: Path, uri: s
         import_log(bad, uri, "bad", "resnet50")
     experiment = MlflowClient(uri).get_experiment_by_name("bad")
     assert experiment is None or not MlflowClient(uri).search_runs([experiment.experiment_id])
+
+
+def test_a_store_from_before_points_is_refused_in_one_line(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'old.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("old"), tags={"config_hash": "abc"}, run_name="r50-old")
+    client.log_metric(run.info.run_id, "val/mIoU", 0.78)
+    client.log_metric(run.info.run_id, "val/mIoU_seed_metric", 0.77)  # the fraction era's name
+    with pytest.raises(AnalysisError, match="r50-old.*fraction"):
+        runs_frame(uri, "old")

@@ -14,7 +14,7 @@ def test_seed_ci_covers_the_true_mean_about_95_percent() -> None:
     hits = 0
     trials = 400
     for _ in range(trials):
-        x = rng.normal(0.78, 0.003, size=3)
+        x = rng.normal(78.0, 0.3, size=3)
         frame = pd.DataFrame({"backbone": "resnet50", "iterations": 1, "miou": x})
         row = seed_summary(frame).iloc[0]
         hits += row.ci_low <= 78.0 <= row.ci_high
@@ -22,7 +22,7 @@ def test_seed_ci_covers_the_true_mean_about_95_percent() -> None:
 
 
 def test_seed_summary_with_one_seed_has_no_interval() -> None:
-    row = seed_summary(pd.DataFrame({"backbone": ["r"], "iterations": [1], "miou": [0.5]})).iloc[0]
+    row = seed_summary(pd.DataFrame({"backbone": ["r"], "iterations": [1], "miou": [50.0]})).iloc[0]
     assert row.n == 1 and row["mean"] == 50.0 and np.isnan(row.ci_low)
 
 

@@ -59,8 +59,9 @@ def test_iou_metric_names_have_no_spaces() -> None:
 
 def test_files_in_the_run_dir_that_are_not_ours_are_named(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text('{"key": "train/loss", "step": 1, "value": 0.5}\n[not a point]\n')
+    tracker = JsonlTracker(tmp_path)  # reads nothing yet: the run dir may still be another process's
     with pytest.raises(DeeplabError, match=r"metrics.jsonl line 2: not a metric point"):
-        JsonlTracker(tmp_path)
+        tracker.log_metrics({"train/loss": 0.4}, 2)
     (tmp_path / "metrics.jsonl").unlink()
     (tmp_path / "tags.json").write_text("{truncated")
     with pytest.raises(DeeplabError, match=r"tags.json: not JSON written by this project"):

@@ -64,7 +64,7 @@ def _dead_job(run: RunSpec, run_id: str) -> None:
 
 def _checkpoint(run: RunSpec, iteration: int, finished: bool) -> None:
     state = {"iteration": iteration, "config": to_dict(run.config), "config_hash": config_hash(run.config)}
-    state |= {"model": {}, "final_metrics": {"val/mIoU": 0.5}} if finished else {"model": {}}
+    state |= {"model": {}, "final_metrics": {"val/mIoU": 50.0}} if finished else {"model": {}}
     save_checkpoint(run.run_dir / CHECKPOINT_NAME, state)
 
 

@@ -165,7 +165,7 @@ def test_sweep_job_array_finishes_every_run_with_every_step_once(
         assert _steps(client, run_id, "train/loss") == [1, 2, 3, 4, 5, 6]
         assert _steps(client, run_id, "train/lr") == [1, 2, 3, 4, 5, 6]
         assert _steps(client, run_id, "val/mIoU") == [3, 6]
-        assert all(0.0 <= m.value <= 1.0 for m in client.get_metric_history(run_id, "val/mIoU"))
+        assert all(0.0 <= m.value <= 100.0 for m in client.get_metric_history(run_id, "val/mIoU"))
         assert load_checkpoint(cell.run_dir / "checkpoint.pt")["iteration"] == 6
     assert len({r.data.tags["slurm.array_task_id"] for r in children.values()}) == 4
     parent = client.get_run(next(iter(children.values())).data.tags["mlflow.parentRunId"])
