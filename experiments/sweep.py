@@ -211,7 +211,7 @@ def submit(
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
     check_reachable(uri)
     folder = spec.runs_root / spec.name
-    check_runs_root(folder, create=not dry_run)
+    check_runs_root(folder, create=False)  # created only once the data check passed: a refused sweep leaves nothing
     if dry_run:
         planned = plan(spec, uri, dry_run)
         print_table(planned)
@@ -220,6 +220,7 @@ def submit(
     runs = expand_grid(spec)
     if check_data:
         check_datasets(runs, workers=min(8, available_cpus()))
+    check_runs_root(folder, create=True)
     with sweep_lock(folder):
         check_same_store(spec, uri, runs)
         planned = plan(spec, uri, dry_run, runs)
