@@ -99,4 +99,5 @@ def run_demo(workdir: Path, executor: str = "auto") -> int:
     parent = report_parent(uri, spec.experiment)
     if parent is not None:
         print(f"  verdict: {run_page_url(UI, *parent)}  (the sweep's parent run)")
+        print(f"  report:  {run_page_url(UI, *parent, 'report/report.html')}")
     return 0

@@ -38,13 +38,14 @@ class CellSummary:
 
 
 def summary_metrics(cells: list[CellSummary]) -> dict[str, float]:
-    """Metric name → value (points, or a count); NaN ones (an interval from one seed) are left out."""
+    """Metric name → value: points to 2 decimals as the report prints them (the UI shows every digit), or a
+    count; NaN ones (an interval from one seed) are left out."""
     out: dict[str, float] = {}
     for c in cells:
         cell = f"{c.iterations}_iters"
-        out[f"{DELTA}/{cell}"] = c.delta
-        out[f"{DELTA}/{cell}/ci90_low"] = c.ci90_low
-        out[f"{DELTA}/{cell}/ci90_high"] = c.ci90_high
+        out[f"{DELTA}/{cell}"] = round(c.delta, 2)
+        out[f"{DELTA}/{cell}/ci90_low"] = round(c.ci90_low, 2)
+        out[f"{DELTA}/{cell}/ci90_high"] = round(c.ci90_high, 2)
         out.update({f"seeds/{cell}/{backbone}": float(n) for backbone, n in c.seeds.items()})
     return {k: float(v) for k, v in out.items() if not math.isnan(v)}
 

@@ -1,8 +1,9 @@
 """How MLflow's UI opens an experiment: the classic runs view with the columns a researcher reads first.
 
-Both are experiment tags read by the UI bundle of MLflow 3 (checked in mlflow/server/js/build of 3.17):
-``mlflow.experimentKind`` picks the "Machine learning" layout (runs table, not GenAI traces), and
-``mlflow.sharedViewState.<key>`` holds a runs-table view state that ``?viewStateShareKey=<key>`` applies.
+Read from the UI bundle of MLflow 3.17 (mlflow/server/js/build): ``?workflowType=machine_learning`` in the URL
+opens the "Model training" layout (runs, not GenAI traces; 3.17's sidebar switch decides it, else the experiment
+tag ``mlflow.experimentKind``, set too), and the experiment tag ``mlflow.sharedViewState.<key>`` holds a
+runs-table view state (filter, sort, columns, order, widths) that ``?viewStateShareKey=<key>`` applies.
 """
 
 from __future__ import annotations
@@ -15,20 +16,20 @@ EXPERIMENT_KIND = "mlflow.experimentKind"
 CLASSIC_KIND = "custom_model_development"  # shown as "Machine learning"; GenAI kinds land on traces
 VIEW_KEY = "res50-vs-res101"  # the share key in the runs page URL
 SHARED_VIEW = "mlflow.sharedViewState."
+_TAGS = ["tags.`backbone`", "tags.`iterations`", "tags.`seed`"]
+_METRICS = [f"metrics.`{VAL_MIOU}`", f"metrics.`{VAL_MIOU_SEED}`"]
 RUNS_VIEW = {
     # child runs only (they carry config_hash): the parent run would fold them under a [+]
     "searchFilter": "tags.config_hash LIKE '%'",
     "orderByKey": "tags.`backbone`",
     "orderByAsc": True,
-    "selectedColumns": [
-        f"metrics.`{VAL_MIOU}`",
-        "tags.`backbone`",
-        "tags.`iterations`",
-        "tags.`seed`",
-        f"metrics.`{VAL_MIOU_SEED}`",
-        "attributes.`Duration`",
-    ],
+    "selectedColumns": _METRICS[:1] + _TAGS + _METRICS[1:],
+    # the UI applies widths only to columns it is given an order for (run name first, then the answer);
+    # at its default width a metric shows 8 characters
+    "columnOrder": ["attributes.`Run Name`", *_TAGS, *_METRICS, "runDateAndNestInfo", "duration"],
+    "columnWidths": {key: 150 for key in _METRICS},
 }
+WORKFLOW = "workflowType=machine_learning"  # MLflow 3.17's sidebar switch ignores the experiment kind: the URL wins
 
 
 def experiment_view_tags() -> dict[str, str]:
@@ -38,8 +39,10 @@ def experiment_view_tags() -> dict[str, str]:
 
 def runs_page_url(server: str, experiment_id: str) -> str:
     """The experiment's runs table with the preset columns (``server``: the UI's base URL)."""
-    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{WORKFLOW}&viewStateShareKey={VIEW_KEY}"
 
 
-def run_page_url(server: str, experiment_id: str, run_id: str) -> str:
-    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+def run_page_url(server: str, experiment_id: str, run_id: str, artifact: str | None = None) -> str:
+    """A run's page (its description first), or one of its artifacts shown in the UI."""
+    tail = f"/artifacts/{artifact}" if artifact else ""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}{tail}?{WORKFLOW}"

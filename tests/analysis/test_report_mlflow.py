@@ -56,7 +56,7 @@ def test_delta_metrics_per_schedule_equal_the_report(published: tuple[Path, str]
         means = cell.groupby("backbone").miou.mean()
         delta = means["resnet50"] - means["resnet101"]  # points
         key = f"{DELTA}/{iterations}_iters"
-        assert metrics[key] == pytest.approx(delta, abs=1e-9)
+        assert metrics[key] == round(delta, 2)  # as the report prints it
         assert f"at {iterations} iterations res50 is {abs(delta):.2f} points" in verdict
         assert metrics[f"{key}/ci90_low"] < metrics[key] < metrics[f"{key}/ci90_high"]
         for backbone in ("resnet50", "resnet101"):
