@@ -18,7 +18,7 @@ from mlflow.entities import Metric
 
 from experiments.store.client import open_client
 from experiments.store.sweeps import PARENT_ROLE
-from experiments.store.views import experiment_view_tags
+from experiments.store.views import experiment_view_tags, run_page_url
 from experiments.store.write import find_experiment, log, log_artifact, search
 
 NOTE = "mlflow.note.content"  # the description MLflow's UI shows on a run and an experiment
@@ -62,8 +62,9 @@ def report_parent(uri: str, experiment: str) -> tuple[str, str] | None:
     return (eid, chosen[0].info.run_id) if len(chosen) == 1 else None
 
 
-def description(headline: str, verdict_lines: list[str], synthetic: bool, out: Path) -> str:
-    """The parent run's description: headline, the verdict's lines, the synthetic warning, where the report is."""
+def description(headline: str, verdict_lines: list[str], synthetic: bool, out: Path, report_link: str = "") -> str:
+    """The parent run's description: headline, the verdict's lines, the synthetic warning, where the report is
+    (``report_link``: the UI's address of the report artifact, relative to the UI's page)."""
     lines = [f"**{headline}**", ""]
     if synthetic:
         lines += ["> ⚠ **Synthetic data**: these runs test the pipeline; they say nothing about Cityscapes.", ""]
@@ -71,7 +72,10 @@ def description(headline: str, verdict_lines: list[str], synthetic: bool, out: P
     lines += [
         "",
         f"Metrics `{DELTA}/<N>_iters` (points, res50 − res101) and their 90% CI are on this run.",
-        f"Full report: Artifacts → `{REPORT_DIR}/report.html` (tables, figures, statistics), also `{out}`.",
+        f"Full report: [{REPORT_DIR}/report.html]({report_link}) in this run's Artifacts (tables, figures, "
+        f"statistics), also `{out}`."
+        if report_link
+        else f"Full report: `{REPORT_DIR}/report.html` in this run's Artifacts, also `{out}`.",
     ]
     return "\n".join(lines)
 
@@ -91,7 +95,8 @@ def publish_report(
         client.set_experiment_tag(eid, key, value)
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in summary_metrics(cells).items()]
-    log(uri, run_id, metrics=metrics, tags={NOTE: description(headline, verdict_lines, synthetic, out)})
+    link = "#" + run_page_url("", eid, run_id, f"{REPORT_DIR}/report.html").split("#", 1)[1]
+    log(uri, run_id, metrics=metrics, tags={NOTE: description(headline, verdict_lines, synthetic, out, link)})
     out = Path(out)
     for name in ("report.md", "report.html"):
         log_artifact(uri, run_id, out / name, REPORT_DIR)

@@ -29,6 +29,10 @@ def published(sweep_store: SweepStore, tmp_path_factory: pytest.TempPathFactory)
     return out, found[1]
 
 
+def experiment_id(sweep_store: SweepStore) -> str:
+    return MlflowClient(sweep_store.tracking_uri).get_experiment_by_name(sweep_store.experiment).experiment_id
+
+
 def verdict_section(out: Path) -> str:
     return (out / "report.md").read_text().split("## Verdict")[1].split("\n## ")[0]
 
@@ -41,7 +45,8 @@ def test_parent_run_description_is_the_verdict(published: tuple[Path, str], swee
     assert len(cell_lines) == len(sweep_store.grid["train.iterations"])
     for line in cell_lines:
         assert line in note.splitlines()  # every compared cell, word for word
-    assert "**Synthetic data**" in note and "report/report.html" in note
+    assert "**Synthetic data**" in note
+    assert f"[report/report.html](#/experiments/{experiment_id(sweep_store)}/runs/{parent}/artifacts/report/" in note
     headline = client.get_experiment_by_name(sweep_store.experiment).tags[NOTE]
     assert note.startswith(f"**{headline}**") and "synthetic data" in headline
 

@@ -183,6 +183,8 @@ def test_mlflow_ui_shows_the_verdict_and_the_runs_table(tmp_path: Path) -> None:
             more = page.get_by_text("Show more", exact=True)
             if more.count():  # a long description is folded after a few lines
                 more.first.click()
+            link = page.get_by_role("link", name="report/report.html").get_attribute("href")
+            assert link.startswith(f"#/experiments/{eid}/runs/{parent}/artifacts/report/report.html"), link
             body = page.inner_text("body")
             page.screenshot(path=str(shots / "parent_run.png"), full_page=True)
 
