@@ -19,6 +19,7 @@ from analysis.html import markdown_to_html
 from analysis.published import published_deeplabv3plus
 from analysis.stats import BootstrapResult, TostResult, bootstrap_miou_delta, seed_summary, tost_equivalence
 from deeplab.tracking import VAL_MIOU, VAL_MIOU_SEED
+from experiments.store import CellSummary, publish_report
 
 A, B = "resnet50", "resnet101"
 EVIDENCE_LINK = (
@@ -132,7 +133,34 @@ def write_report(experiment: str, tracking_uri: str, out: Path, margin: float = 
         tmp = out / f".{name}.tmp"
         tmp.write_text(content)
         os.replace(tmp, out / name)
+    publish_to_mlflow(experiment, tracking_uri, verdict_lines(runs_all, runs, cells, synthetic), cells, synthetic, out)
     return out / "report.md"
+
+
+def headline(cells: list[CellComparison], synthetic: bool) -> str:
+    """One line: res50 − res101 per schedule length, in points."""
+    if not cells:
+        return "res50 vs res101: no schedule length has finished runs of both backbones yet"
+    deltas = ", ".join(f"{c.tost.delta:+.2f} at {c.iterations} iterations" for c in cells)
+    seeds = "/".join(sorted({f"{c.n_a} vs {c.n_b}" for c in cells}))
+    return f"res50 − res101 mIoU: {deltas} (points, {seeds} seeds{'; synthetic data' if synthetic else ''})"
+
+
+def publish_to_mlflow(
+    experiment: str, uri: str, lines: list[str], cells: list[CellComparison], synthetic: bool, out: Path
+) -> None:
+    """The verdict, Δ per schedule and the report's files onto the sweep's parent run, where the UI shows them."""
+    summaries = [
+        CellSummary(c.iterations, c.tost.delta, c.tost.ci90_low, c.tost.ci90_high, {A: c.n_a, B: c.n_b}) for c in cells
+    ]
+    run_id = publish_report(
+        uri, experiment, headline=headline(cells, synthetic), verdict_lines=lines, cells=summaries,
+        synthetic=synthetic, out=out,
+    )  # fmt: skip
+    if run_id is None:
+        print(f"MLflow: experiment {experiment!r} has no single sweep parent run (imported runs?): not published there")
+    else:
+        print(f"MLflow: verdict, Δ metrics and report published to the sweep's parent run {run_id}")
 
 
 def verdict_lines(

@@ -14,11 +14,13 @@ from submitit.core.utils import JobPaths
 
 from experiments.jobs import read_job
 from experiments.spec import RunSpec, SweepSpec, expand_grid, load_spec
-from experiments.store import default_tracking_uri, ensure_experiment
+from experiments.store import default_tracking_uri, ensure_experiment, report_parent, run_page_url, runs_page_url
 from experiments.sweep import submit
 
 DEMO_SPEC = Path(__file__).resolve().parent / "sweeps" / "demo_synthetic.yaml"
 PROGRESS_EVERY_S = 30.0
+UI_PORT = 5000
+UI = f"http://127.0.0.1:{UI_PORT}"
 
 
 def _cluster_up() -> bool:
@@ -68,7 +70,7 @@ def run_demo(workdir: Path, executor: str = "auto") -> int:
     spec.runs_root = workdir / "runs"
     uri = default_tracking_uri(workdir)
     # artifacts beside the database, not in ./mlruns of whatever directory the demo was started from
-    ensure_experiment(uri, spec.experiment, artifact_location=(workdir / "artifacts").as_uri())
+    eid = ensure_experiment(uri, spec.experiment, artifact_location=(workdir / "artifacts").as_uri())
     if executor == "auto":
         executor = "slurm" if _cluster_up() else "local"
     if executor == "slurm":  # sbatch passes this on: one torch thread per allocated CPU, not one per core
@@ -91,8 +93,11 @@ def run_demo(workdir: Path, executor: str = "auto") -> int:
     evidence = report.parent / "evidence" / "report.md"
     print(f"evidence:  {evidence}  (what the seed fork's logs and published pairs say; .html beside it)")
     print(f"notebook:  notebooks/res50_vs_res101.ipynb with DEEPLAB_TRACKING_URI={uri}")
-    print(
-        f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-        "  → http://127.0.0.1:5000"
-    )
+    print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}, then")
+    # MLflow 3's front page lands in its GenAI view: these open the sweep itself
+    print(f"  runs:    {runs_page_url(UI, eid)}")
+    parent = report_parent(uri, spec.experiment)
+    if parent is not None:
+        print(f"  verdict: {run_page_url(UI, *parent)}  (the sweep's parent run)")
+        print(f"  report:  {run_page_url(UI, *parent, 'report/report.html')}")
     return 0

@@ -122,12 +122,18 @@ def plan(spec: SweepSpec, tracking_uri: str, dry_run: bool, runs: list[RunSpec] 
             r.config_hash,
             r.name,
             flatten(to_dict(r.config)),
-            {"sweep.name": spec.name, **git, **{short[k]: axis_value(v) for k, v in r.values.items()}},
+            {"sweep.name": spec.name, **git, **short_tags(r), **{short[k]: axis_value(v) for k, v in r.values.items()}},
         )
         for r in runs
     ]
     children = ensure_child_runs(tracking_uri, experiment_id, parent, cells)
     return [Planned(r, children[r.config_hash]) for r in runs]
+
+
+def short_tags(run: RunSpec) -> dict[str, str]:
+    """backbone, iterations and seed on every child run, grid axes or not: the runs table's first columns."""
+    c = run.config  # the keys of experiments.store.sweeps.SHORT
+    return {"backbone": c.model.backbone, "iterations": str(c.train.iterations), "seed": str(c.train.seed)}
 
 
 def print_table(planned: list[Planned]) -> None:

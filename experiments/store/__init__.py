@@ -9,9 +9,12 @@ query for metric histories, used only on the schema revision it was checked agai
 - write.py: batches, tags, params, states, experiments, ``record_run`` (idempotent by key)
 - sweeps.py: a sweep's parent run (its grid axes) and child runs
 - read.py: run records, metric histories, first points, artifacts
+- publish.py: a report on its sweep's parent run (description, summary metrics, report artifacts)
+- views.py: the experiment tags and URLs that open MLflow's UI on the runs table with useful columns
 """
 
 from experiments.store.client import StoreGone, open_client
+from experiments.store.publish import CellSummary, publish_report, report_parent
 from experiments.store.read import (
     RunRecord,
     download_artifact,
@@ -44,6 +47,7 @@ from experiments.store.uri import (
     resolve_tracking_uri,
     sqlite_path,
 )
+from experiments.store.views import run_page_url, runs_page_url
 from experiments.store.write import (
     MAX_PARAM_LENGTH,
     RECORD_KEY,
@@ -68,6 +72,7 @@ __all__ = [
     "PARENT_ROLE",
     "RECORD_KEY",
     "TERMINAL",
+    "CellSummary",
     "ChildRun",
     "NewChild",
     "Recorded",
@@ -96,12 +101,16 @@ __all__ = [
     "open_client",
     "params_of",
     "parent_run",
+    "publish_report",
     "record_run",
     "redact",
     "reopen_parent",
+    "report_parent",
     "resolve_tracking_uri",
+    "run_page_url",
     "run_records",
     "run_status",
+    "runs_page_url",
     "set_status",
     "sqlite_path",
     "sweep_axes",

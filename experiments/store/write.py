@@ -14,6 +14,7 @@ from mlflow.entities import Metric, Param, RunTag
 from experiments.errors import ExperimentsError
 from experiments.store.client import open_client, store_lock
 from experiments.store.uri import sqlite_path
+from experiments.store.views import experiment_view_tags
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_TAG_LENGTH = 5000
@@ -85,7 +86,8 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
     """The experiment's id, creating store and experiment once (call before fanning jobs out).
 
     A new experiment of a sqlite store keeps its artifacts beside the database (``mlartifacts/``), not in MLflow's
-    default ``./mlruns`` of whichever directory the first submission happened to start in."""
+    default ``./mlruns`` of whichever directory the first submission happened to start in. It is made with the tags
+    that open it in MLflow's runs view, with the preset columns (views.py)."""
     client = open_client(uri, create=True)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -93,7 +95,7 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
     if artifact_location is None and (db := sqlite_path(uri)) is not None:
         artifact_location = (db.resolve().parent / "mlartifacts").as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location, tags=experiment_view_tags())
     except Exception:  # another process created it first
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

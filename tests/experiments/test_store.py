@@ -157,11 +157,12 @@ def test_the_parent_run_keeps_every_grid_axis_and_children_carry_short_tags(shar
     (tmp_path / "report.html").write_text("<p>verdict</p>")
     log_artifact(uri, parent, tmp_path / "report.html")  # what the analysis attaches to the parent run
     assert [f.path for f in MlflowClient(uri).list_artifacts(parent)] == ["report.html"]
-    keys = ["model.backbone", "train.seed", "a.seed", "model.weights", "train.source"]
+    keys = ["model.backbone", "train.seed", "a.seed", "model.weights", "train.source", "b.iterations"]
     assert axis_tags(keys) == {
         "model.backbone": "backbone",
-        "train.seed": "train.seed",  # two axes end in "seed": the whole key tells them apart
-        "a.seed": "a.seed",
+        "train.seed": "seed",  # the short tag of every child run
+        "a.seed": "a.seed",  # another key ending in "seed" keeps its whole name
+        "b.iterations": "b.iterations",  # even when train.iterations is not an axis
         "model.weights": "weights",
         "train.source": "train.source",  # "source" is a tag of the project's own
     }

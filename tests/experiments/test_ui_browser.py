@@ -1,7 +1,8 @@
-"""The MLflow UI really shows a sweep: a real (tiny) sweep on the local executor into a sqlite store, `mlflow server`
-started through experiments.server, and headless Debian chromium driven by playwright reading the runs table.
+"""The MLflow UI really shows a sweep and its verdict: a real (tiny) sweep on the local executor into a sqlite store,
+`mlflow server` started through experiments.server, `analysis report` through that server, and headless Debian
+chromium driven by playwright reading the runs table and the sweep's parent run.
 
-The screenshot lands in $TEST_ARTIFACTS (or the test's tmp_path); its path is printed.
+The screenshots (runs_table.png, parent_run.png, report.png) land in $TEST_ARTIFACTS (or the test's tmp_path).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from tiny import REPO, TINY
 
 from experiments.server import running_server
+from experiments.store import report_parent, run_page_url, runs_page_url
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -54,12 +57,14 @@ def artifact_dir(tmp_path: Path) -> Path:
     return out
 
 
-def write_spec(tmp_path: Path, name: str, tracking_uri: str, **executor: dict) -> Path:
-    """A two-run sweep of the real recipe on a tiny synthetic dataset, everything inside tmp_path."""
+def write_spec(
+    tmp_path: Path, name: str, tracking_uri: str, grid: dict[str, list] | None = None, **executor: dict
+) -> Path:
+    """A sweep of the real recipe (two runs unless ``grid`` says) on a tiny synthetic dataset, all inside tmp_path."""
     spec = {
         "name": name,
         "base": str(TINY),
-        "grid": {"model.backbone": ["resnet50"], "train.seed": [0, 1]},
+        "grid": grid or {"model.backbone": ["resnet50"], "train.seed": [0, 1]},
         "overrides": {
             "data.root": str(tmp_path / "data"),
             "data.synthetic": {"train": 4, "val": 2, "height": 64, "width": 128, "seed": 0},
@@ -99,61 +104,101 @@ def run_sweep(spec: Path, *args: str, timeout: float = 900) -> str:
     return output
 
 
-def test_mlflow_ui_shows_the_child_runs_and_their_val_miou(tmp_path: Path) -> None:
+def run_report(uri: str, out: Path) -> None:
+    """`python -m analysis report` against ``uri`` (the server: publishing goes through http)."""
+    argv = [sys.executable, "-m", "analysis", "report", "--experiment", SWEEP, "--tracking-uri", uri]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    done = subprocess.run(
+        [*argv, "--out", str(out), "--bootstrap", "100"],
+        cwd=out.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "published to the sweep's parent run" in done.stdout
+
+
+def close_assistant(page: Any) -> None:
+    """MLflow 3.17 opens its assistant panel over a quarter of the page on a first visit: close it."""
+    close = page.get_by_role("button", name="Close")
+    if close.count():
+        close.last.click()
+
+
+def test_mlflow_ui_shows_the_verdict_and_the_runs_table(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
     from playwright.sync_api import sync_playwright
 
     chromium = chromium_path()  # before minutes of training
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = write_spec(tmp_path, SWEEP, uri, local={"parallelism": 2, "threads_per_job": 1})
+    grid = {"model.backbone": ["resnet50", "resnet101"], "train.seed": [0, 1]}  # one res50-vs-res101 cell
+    spec = write_spec(tmp_path, SWEEP, uri, grid, local={"parallelism": 2, "threads_per_job": 1})
     run_sweep(spec, "--executor", "local")
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(SWEEP)
-    children = {
-        run.info.run_name: run
-        for run in client.search_runs([experiment.experiment_id])
-        if "mlflow.parentRunId" in run.data.tags
-    }
-    assert sorted(children) == ["r50-s0", "r50-s1"]
+    eid = experiment.experiment_id
+    children = {run.info.run_name: run for run in client.search_runs([eid]) if "mlflow.parentRunId" in run.data.tags}
+    assert sorted(children) == ["r101-s0", "r101-s1", "r50-s0", "r50-s1"]
     assert all(run.info.status == "FINISHED" and METRIC in run.data.metrics for run in children.values())
 
-    screenshot = artifact_dir(tmp_path) / "mlflow_ui_runs.png"
+    shots = artifact_dir(tmp_path)
     with (
         running_server(uri, tmp_path / "artifacts", log=tmp_path / "server.log") as server,
         sync_playwright() as playwright,
     ):
+        run_report(server, tmp_path / "report")
+        parent = report_parent(uri, SWEEP)[1]
+        headline = client.get_experiment_by_name(SWEEP).tags["mlflow.note.content"]
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 2000, "height": 900})
+            page = browser.new_page(viewport={"width": 1600, "height": 900})
             page.set_default_timeout(TIMEOUT_MS)
-            try:
-                # MLflow 3.x opens in its GenAI mode; the runs table of an experiment is "Training runs", with
-                # child runs collapsed under their parent until its [+] is clicked.
-                page.goto(f"{server}/#/experiments/{experiment.experiment_id}/runs")
-                run_links = page.locator('a[href*="/runs/"]')
-                run_links.get_by_text(SWEEP, exact=True).wait_for()
-                page.locator('button[data-component-id*="runnamecellrenderer"]').first.click()
-                for name in children:
-                    run_links.get_by_text(name, exact=True).wait_for()
-                # metric columns are opt-in: pick val/mIoU in the "Columns" menu
-                page.get_by_role("button", name="Columns").click()
-                page.get_by_text(METRIC, exact=True).click()
-                page.keyboard.press("Escape")
-                column = f"metrics.`{METRIC}`"
-                page.locator(f'[role=columnheader][col-id="{column}"]').first.wait_for()
-                shown = {}
-                for name, run in children.items():
-                    row = page.locator(f'[role=row][row-id="{run.info.run_id}"]')
-                    assert row.get_by_text(name, exact=True).count() == 1, f"run {name} is not in its table row"
-                    shown[name] = row.locator(f'[role=gridcell][col-id="{column}"]').inner_text().strip()
-            finally:
-                page.screenshot(path=str(screenshot))
-                print(f"screenshot of the MLflow UI: {screenshot}")
+            # the runs table as the demo links it: child runs, with val/mIoU, backbone, iterations, seed preset
+            page.goto(runs_page_url(server, eid))
+            run_links = page.locator('a[href*="/runs/"]')
+            for name in children:
+                run_links.get_by_text(name, exact=True).wait_for()
+            close_assistant(page)
+            header = page.locator("[role=columnheader]")
+            for column in (f"metrics.`{METRIC}`", "tags.`backbone`", "tags.`iterations`", "tags.`seed`"):
+                header.and_(page.locator(f'[col-id="{column}"]')).first.wait_for()
+            shown = {}
+            for name, run in children.items():
+                row = page.locator(f'[role=row][row-id="{run.info.run_id}"]')
+                cell = row.locator(f'[role=gridcell][col-id="metrics.`{METRIC}`"]')
+                shown[name] = cell.inner_text().strip()
+                seed = row.locator('[role=gridcell][col-id="tags.`seed`"]').inner_text().strip()
+                assert seed == run.data.params["train.seed"], name
+            page.screenshot(path=str(shots / "runs_table.png"))
+            assert page.get_by_text(SWEEP, exact=True).and_(run_links).count() == 0  # the parent is filtered out
+
+            # the parent run's page: the verdict is its description
+            page.goto(run_page_url(server, eid, parent))
+            page.get_by_text(headline).first.wait_for()
+            page.get_by_text("Synthetic data").first.wait_for()
+            more = page.get_by_text("Show more", exact=True)
+            if more.count():  # a long description is folded after a few lines
+                more.first.click()
+            link = page.get_by_role("link", name="report/report.html").get_attribute("href")
+            assert link.startswith(f"#/experiments/{eid}/runs/{parent}/artifacts/report/report.html"), link
             body = page.inner_text("body")
+            page.screenshot(path=str(shots / "parent_run.png"), full_page=True)
+
+            page.set_viewport_size({"width": 1100, "height": 1400})
+            page.goto((tmp_path / "report" / "report.html").as_uri())
+            page.get_by_text("Verdict").first.wait_for()
+            page.screenshot(path=str(shots / "report.png"))
         finally:
             browser.close()
+    print(f"screenshots of the MLflow UI and the report: {shots}")
 
-    assert METRIC in body and all(name in body for name in children)
+    for line in client.get_run(parent).data.tags["mlflow.note.content"].splitlines():
+        if line.startswith("- at "):
+            assert line[2:40] in body, line  # the verdict lines, not just the headline
     for name, run in children.items():
-        assert math.isclose(float(shown[name]), run.data.metrics[METRIC], rel_tol=1e-9), (name, shown[name])
+        # the UI shows ten significant digits
+        assert math.isclose(float(shown[name]), run.data.metrics[METRIC], rel_tol=1e-8), (name, shown[name])

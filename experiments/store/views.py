@@ -1,0 +1,48 @@
+"""How MLflow's UI opens an experiment: the classic runs view with the columns a researcher reads first.
+
+Read from the UI bundle of MLflow 3.17 (mlflow/server/js/build): ``?workflowType=machine_learning`` in the URL
+opens the "Model training" layout (runs, not GenAI traces; 3.17's sidebar switch decides it, else the experiment
+tag ``mlflow.experimentKind``, set too), and the experiment tag ``mlflow.sharedViewState.<key>`` holds a
+runs-table view state (filter, sort, columns, order, widths) that ``?viewStateShareKey=<key>`` applies.
+"""
+
+from __future__ import annotations
+
+import json
+
+from deeplab.tracking import VAL_MIOU, VAL_MIOU_SEED
+
+EXPERIMENT_KIND = "mlflow.experimentKind"
+CLASSIC_KIND = "custom_model_development"  # shown as "Machine learning"; GenAI kinds land on traces
+VIEW_KEY = "res50-vs-res101"  # the share key in the runs page URL
+SHARED_VIEW = "mlflow.sharedViewState."
+_TAGS = ["tags.`backbone`", "tags.`iterations`", "tags.`seed`"]
+_METRICS = [f"metrics.`{VAL_MIOU}`", f"metrics.`{VAL_MIOU_SEED}`"]
+RUNS_VIEW = {
+    # child runs only (they carry config_hash): the parent run would fold them under a [+]
+    "searchFilter": "tags.config_hash LIKE '%'",
+    "orderByKey": "tags.`backbone`",
+    "orderByAsc": True,
+    "selectedColumns": _METRICS[:1] + _TAGS + _METRICS[1:],
+    # the UI applies widths only to columns it is given an order for (run name first, then the answer);
+    # at its default width a metric shows 8 characters
+    "columnOrder": ["attributes.`Run Name`", *_TAGS, *_METRICS, "runDateAndNestInfo", "duration"],
+    "columnWidths": {key: 150 for key in _METRICS},
+}
+WORKFLOW = "workflowType=machine_learning"  # MLflow 3.17's sidebar switch ignores the experiment kind: the URL wins
+
+
+def experiment_view_tags() -> dict[str, str]:
+    """The experiment tags that open it in the runs view with :data:`RUNS_VIEW` available."""
+    return {EXPERIMENT_KIND: CLASSIC_KIND, SHARED_VIEW + VIEW_KEY: json.dumps(RUNS_VIEW)}
+
+
+def runs_page_url(server: str, experiment_id: str) -> str:
+    """The experiment's runs table with the preset columns (``server``: the UI's base URL)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{WORKFLOW}&viewStateShareKey={VIEW_KEY}"
+
+
+def run_page_url(server: str, experiment_id: str, run_id: str, artifact: str | None = None) -> str:
+    """A run's page (its description first), or one of its artifacts shown in the UI."""
+    tail = f"/artifacts/{artifact}" if artifact else ""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}{tail}?{WORKFLOW}"

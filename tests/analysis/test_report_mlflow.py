@@ -1,0 +1,124 @@
+"""`analysis report` publishes to the sweep's parent run in a real sqlite store: verdict, Δ metrics, artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from analysis.frames import runs_frame
+from analysis.report import publish_to_mlflow, write_report
+from experiments.store import CellSummary, publish_report, record_run, report_parent
+from experiments.store.publish import DELTA, NOTE
+from experiments.store.views import EXPERIMENT_KIND, SHARED_VIEW, VIEW_KEY
+
+if TYPE_CHECKING:
+    from conftest import SweepStore
+
+
+@pytest.fixture(scope="module")
+def published(sweep_store: SweepStore, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The report written (and published) once; the out dir and the parent run's id."""
+    out = tmp_path_factory.mktemp("published")
+    write_report(sweep_store.experiment, sweep_store.tracking_uri, out, n_boot=100)
+    found = report_parent(sweep_store.tracking_uri, sweep_store.experiment)
+    assert found is not None, "the fixture sweep has a parent run"
+    return out, found[1]
+
+
+def experiment_id(sweep_store: SweepStore) -> str:
+    return MlflowClient(sweep_store.tracking_uri).get_experiment_by_name(sweep_store.experiment).experiment_id
+
+
+def verdict_section(out: Path) -> str:
+    return (out / "report.md").read_text().split("## Verdict")[1].split("\n## ")[0]
+
+
+def test_parent_run_description_is_the_verdict(published: tuple[Path, str], sweep_store: SweepStore) -> None:
+    out, parent = published
+    client = MlflowClient(sweep_store.tracking_uri)
+    note = client.get_run(parent).data.tags[NOTE]
+    cell_lines = [line for line in verdict_section(out).splitlines() if line.startswith("- at ")]
+    assert len(cell_lines) == len(sweep_store.grid["train.iterations"])
+    for line in cell_lines:
+        assert line in note.splitlines()  # every compared cell, word for word
+    assert "**Synthetic data**" in note
+    assert f"[report/report.html](#/experiments/{experiment_id(sweep_store)}/runs/{parent}/artifacts/report/" in note
+    headline = client.get_experiment_by_name(sweep_store.experiment).tags[NOTE]
+    assert note.startswith(f"**{headline}**") and "synthetic data" in headline
+
+
+def test_delta_metrics_per_schedule_equal_the_report(published: tuple[Path, str], sweep_store: SweepStore) -> None:
+    out, parent = published
+    metrics = MlflowClient(sweep_store.tracking_uri).get_run(parent).data.metrics
+    runs = runs_frame(sweep_store.tracking_uri, sweep_store.experiment)
+    verdict = verdict_section(out)
+    for iterations in sweep_store.grid["train.iterations"]:
+        cell = runs[runs.iterations == iterations]
+        means = cell.groupby("backbone").miou.mean()
+        delta = means["resnet50"] - means["resnet101"]  # points
+        key = f"{DELTA}/{iterations}_iters"
+        assert metrics[key] == round(delta, 2)  # as the report prints it
+        assert f"at {iterations} iterations res50 is {abs(delta):.2f} points" in verdict
+        assert metrics[f"{key}/ci90_low"] < metrics[key] < metrics[f"{key}/ci90_high"]
+        for backbone in ("resnet50", "resnet101"):
+            assert metrics[f"seeds/{iterations}_iters/{backbone}"] == (cell.backbone == backbone).sum()
+
+
+def test_report_files_are_parent_run_artifacts(published: tuple[Path, str], sweep_store: SweepStore) -> None:
+    out, parent = published
+    client = MlflowClient(sweep_store.tracking_uri)
+    names = {f.path for f in client.list_artifacts(parent, "report")}
+    assert {"report/report.md", "report/report.html", "report/figures"} <= names
+    figures = {Path(f.path).name for f in client.list_artifacts(parent, "report/figures")}
+    assert figures == {p.name for p in (out / "figures").iterdir()} and "curves.png" in figures
+    local = Path(client.download_artifacts(parent, "report/report.html", str(out / "downloaded")))
+    assert local.read_bytes() == (out / "report.html").read_bytes()
+
+
+def test_children_carry_short_tags_and_no_tag_is_empty(published: tuple[Path, str], sweep_store: SweepStore) -> None:
+    client = MlflowClient(sweep_store.tracking_uri)
+    experiment = client.get_experiment_by_name(sweep_store.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == len(runs) - 1 == 8
+    for run in children:
+        tags, params = run.data.tags, run.data.params
+        assert tags["backbone"] == params["model.backbone"]
+        assert tags["iterations"] == params["train.iterations"] and tags["seed"] == params["train.seed"]
+    for run in runs:
+        assert not [k for k, v in run.data.tags.items() if not v.strip()], run.info.run_name
+    assert all(v.strip() for v in experiment.tags.values())
+    assert experiment.tags[EXPERIMENT_KIND] == "custom_model_development"  # the runs view, not GenAI traces
+    view = json.loads(experiment.tags[SHARED_VIEW + VIEW_KEY])
+    assert view["selectedColumns"][:4] == ["metrics.`val/mIoU`", "tags.`backbone`", "tags.`iterations`", "tags.`seed`"]
+
+
+def test_a_second_publication_replaces_the_first(published: tuple[Path, str], sweep_store: SweepStore) -> None:
+    """Same step 0, newer value shown; the description overwritten; artifacts overwritten, not added."""
+    out, parent = published
+    uri, client = sweep_store.tracking_uri, MlflowClient(sweep_store.tracking_uri)
+    before = {f.path for f in client.list_artifacts(parent, "report")}
+    cell = CellSummary(4, 1.25, 0.5, 2.0, {"resnet50": 2, "resnet101": 2})
+    again = publish_report(uri, sweep_store.experiment, headline="second", verdict_lines=["- again"], cells=[cell],
+                           synthetic=False, out=out)  # fmt: skip
+    assert again == parent
+    run = client.get_run(parent)
+    assert run.data.metrics[f"{DELTA}/4_iters"] == 1.25
+    history = client.get_metric_history(parent, f"{DELTA}/4_iters")
+    assert len(history) == 2 and {m.step for m in history} == {0}
+    assert run.data.tags[NOTE].startswith("**second**") and "Synthetic" not in run.data.tags[NOTE]
+    assert {f.path for f in client.list_artifacts(parent, "report")} == before
+    write_report(sweep_store.experiment, uri, out, n_boot=100)  # put the real verdict back for the other tests
+
+
+def test_runs_without_a_parent_are_not_published(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    record_run(uri, "imported", key="fork:log1", run_name="r50-fork", tags={"config_hash": "abc"})
+    publish_to_mlflow("imported", uri, ["- at 4 iterations"], [], False, tmp_path)
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and "no single sweep parent run" in said[0]
+    assert report_parent(uri, "imported") is None
