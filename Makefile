@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= .demo
-DEMO_EXPERIMENT ?= demo_synthetic  # the name in experiments/sweeps/demo_synthetic.yaml
+# the sweep name in experiments/sweeps/demo_synthetic.yaml
+DEMO_EXPERIMENT ?= demo_synthetic
 
 .PHONY: demo notebook test test-fast lint format bench cluster-up cluster-down clean
 

@@ -175,7 +175,9 @@ def statistics_table(c: Comparison) -> pd.DataFrame:
                     "metric": metric,
                     "seeds a/b": f"{cell.n_a}/{cell.n_b}",
                     f"Δ mIoU {c.axes.delta_name} (seeds)": tost.delta,
-                    "TOST 90% CI": f"{tost.ci90_low:+.2f}…{tost.ci90_high:+.2f}" if tested else "–",
+                    "90% CI over seeds": "–"
+                    if math.isnan(tost.ci90_low)
+                    else f"{tost.ci90_low:+.2f}…{tost.ci90_high:+.2f}",
                     "TOST p": tost.p_value if tested else float("nan"),
                     "equivalent": _equivalent(cell, tost),
                     "Δ mIoU (images)": boot.delta if boot else float("nan"),
