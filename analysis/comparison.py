@@ -138,7 +138,7 @@ def verdict_lines(c: Comparison) -> list[str]:
     if not c.cells:
         lines.append("No cell has finished runs of both backbones yet: no comparison can be made.")
     lines += [f"- {verdict_line(cell, c.axes, c.synthetic)}" for cell in c.cells]
-    lines += [f"- {fit_sentence(fit, c.axes)[0].upper()}{fit_sentence(fit, c.axes)[1:]}" for fit in c.fits]
+    lines += [f"- {fit_sentence(fit, c.axes)}" for fit in c.fits]
     missing = missing_cells(c.runs_all, c.runs, c.axes)
     if missing:
         lines.append(f"- Missing cells (no FINISHED run): {', '.join(missing)}.")

@@ -89,12 +89,16 @@ def fit_sentence(fit: ScheduleFit, axes: StudyAxes) -> str:
     """One sentence: does the gap change with schedule length?"""
     where = f"for {fit.group}, " if fit.group else ""
     if math.isnan(fit.slope):
-        return f"{where}no fit of the gap against schedule length is made: {fit.reason}."
+        return _capital(f"{where}no fit of the gap against schedule length is made: {fit.reason}.")
     changes = fit.ci_low > 0 or fit.ci_high < 0
     span = f"{min(fit.schedules)}–{max(fit.schedules)} iterations"
-    return (
+    return _capital(
         f"{where}the gap {'does' if changes else 'does not detectably'} change with schedule length: "
         f"Δ ({axes.delta_name}) moves {fit.slope:+.2f} points per doubling of iterations, 95% CI "
         f"{fit.ci_low:+.2f}…{fit.ci_high:+.2f} (OLS of per-run mIoU on backbone × log2 iterations, "
         f"{fit.n_runs} runs, {span})."
     )
+
+
+def _capital(text: str) -> str:
+    return text[0].upper() + text[1:]
