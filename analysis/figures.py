@@ -120,7 +120,8 @@ def final_vs_schedule_figure(runs: pd.DataFrame, published: pd.DataFrame, out: P
         for col, v in zip(others, key[1:], strict=True):
             mask &= runs[col] == v
         few = runs[mask & runs.iterations.isin(group.iterations[~ok])]
-        ax.scatter(few.iterations, few.miou, s=18, color=colour, alpha=0.7, marker="x")  # each seed when n < 3
+        if len(few):  # each seed where n < 3: no t-interval
+            ax.scatter(few.iterations, few.miou, s=18, color=colour, alpha=0.7, marker="x", label=f"{label} (seeds)")
     markers = {"seed README (CoinCheung)": "*", "seed README outreach": "P", "mmsegmentation": "s"}
     dated = published.dropna(subset=["iterations"])
     for _, row in dated.iterrows():
