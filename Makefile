@@ -3,8 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= .demo
+# the sweep name in experiments/sweeps/demo_synthetic.yaml
+DEMO_EXPERIMENT ?= demo_synthetic
 
-.PHONY: demo test test-fast lint format bench cluster-up cluster-down clean
+.PHONY: demo notebook test test-fast lint format bench cluster-up cluster-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,6 +18,12 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m experiments demo --workdir $(DEMO_DIR)
+
+# JupyterLab on the demo's store (run `make demo` first); the notebook reads these two variables
+notebook: $(STAMP)
+	test -f $(DEMO_DIR)/mlflow.db || { echo "error: no demo store at $(DEMO_DIR)/mlflow.db (run make demo first)" >&2; exit 1; }
+	DEEPLAB_TRACKING_URI=sqlite:///$(abspath $(DEMO_DIR))/mlflow.db DEEPLAB_EXPERIMENT=$(DEMO_EXPERIMENT) \
+		$(VENV)/bin/jupyter lab notebooks/res50_vs_res101.ipynb
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

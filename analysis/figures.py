@@ -1,4 +1,8 @@
-"""Figures (PNG + SVG) of the comparison; each function takes frames and returns the files it wrote."""
+"""Figures (PNG + SVG) of the comparison; each function takes frames and returns the files it wrote.
+
+Every mIoU axis is in points (0–100); intervals never leave the possible range, and with fewer than 3 seeds
+the seeds themselves are drawn instead of a t-band; legends sit outside the data.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from analysis.cells import StudyAxes, cell_label, iter_cells
+from analysis.gap import MIN_BAND_SEEDS
+from analysis.stats import seed_summary
+
 COLOURS = {"resnet50": "tab:blue", "resnet101": "tab:orange"}
+MIOU = "val mIoU [points]"
 
 
 def save_figure(fig: plt.Figure, out: Path, name: str) -> list[Path]:
@@ -25,104 +34,151 @@ def save_figure(fig: plt.Figure, out: Path, name: str) -> list[Path]:
 
 
 def _band(values: np.ndarray) -> tuple[float, float]:
+    """95% t-interval of the mean, clipped to 0–100 points."""
     n = len(values)
-    if n < 2:
-        return float("nan"), float("nan")
     half = sps.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)
-    return values.mean() - half, values.mean() + half
+    return max(values.mean() - half, 0.0), min(values.mean() + half, 100.0)
 
 
-def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, out: Path, metric: str = "val/mIoU") -> list[Path]:
-    """val mIoU vs iteration per backbone: mean ± 95% CI over seeds, one panel per schedule length."""
-    data = curves[curves.metric == metric].merge(runs[["run_id", "backbone", "iterations", "seed"]], on="run_id")
-    schedules = sorted(runs.iterations.dropna().unique())
-    fig, axes = plt.subplots(1, len(schedules), figsize=(4.2 * len(schedules), 3.4), squeeze=False, sharey=True)
-    for ax, schedule in zip(axes[0], schedules, strict=True):
-        for backbone, group in data[data.iterations == schedule].groupby("backbone"):
-            stats = group.groupby("step")["value"].agg(lambda v: tuple(v.to_numpy()))
-            steps = stats.index.to_numpy()
-            mean = np.array([np.mean(v) for v in stats])
-            bands = np.array([_band(np.array(v)) for v in stats])
-            ax.plot(steps, mean, label=f"{backbone} (n={group.seed.nunique()})", color=COLOURS.get(backbone))
-            ax.fill_between(steps, bands[:, 0], bands[:, 1], alpha=0.25, color=COLOURS.get(backbone))
-        ax.set_title(f"{int(schedule)} iterations")
+def _panels(n: int, width: float = 4.2, height: float = 3.4) -> tuple[plt.Figure, list[plt.Axes]]:
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, sharey=True)
+    return fig, list(axes[0])
+
+
+def _legend_below(fig: plt.Figure, ax: plt.Axes, ncol: int = 4) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=8)
+
+
+def curves_figure(
+    runs: pd.DataFrame, curves: pd.DataFrame, out: Path, axes: StudyAxes, metric: str = "val/mIoU"
+) -> list[Path]:
+    """val mIoU vs iteration per backbone and cell: the mean with a 95% band (n ≥ 3) or each seed (n < 3)."""
+    data = curves[curves.metric == metric]
+    cells = list(iter_cells(runs, axes))
+    fig, panels = _panels(max(len(cells), 1))
+    for ax, (key, *sides) in zip(panels, cells, strict=False):
+        for side in sides:
+            backbone, colour = side.backbone.iloc[0], COLOURS.get(side.backbone.iloc[0])
+            wide = data[data.run_id.isin(side.run_id)].pivot_table(index="step", columns="run_id", values="value")
+            n = wide.shape[1]
+            ax.plot(wide.index, wide.mean(axis=1), color=colour, lw=2, label=f"{backbone} mean (n={n})")
+            if n >= MIN_BAND_SEEDS:
+                bands = np.array([_band(row.dropna().to_numpy()) for _, row in wide.iterrows()])
+                ax.fill_between(wide.index, bands[:, 0], bands[:, 1], alpha=0.25, color=colour, label="95% CI")
+            else:
+                ax.plot(wide.index, wide.to_numpy(), color=colour, lw=0.8, alpha=0.5, ls="--")
+        ax.set_title(cell_label(axes, key), fontsize=9)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("val mIoU (%)")
-    axes[0][-1].legend(loc="lower right")
+    panels[0].set_ylabel(MIOU)
+    _legend_below(fig, panels[0])
     return save_figure(fig, out, "curves")
 
 
-def final_vs_schedule_figure(summary: pd.DataFrame, published: pd.DataFrame, out: Path) -> list[Path]:
-    """Final mIoU (mean ± 95% CI over seeds) vs schedule length, with the published single-scale points."""
+def delta_curves_figure(deltas: pd.DataFrame, out: Path, axes: StudyAxes, margin: float) -> list[Path]:
+    """Δ mIoU (a − b) along the iterations of each cell: mean with its Welch band, or every seed difference."""
+    cells = list(dict.fromkeys(deltas.cell))
+    fig, panels = _panels(max(len(cells), 1))
+    for ax, cell in zip(panels, cells, strict=False):
+        d = deltas[deltas.cell == cell]
+        ax.axhspan(-margin, margin, color="grey", alpha=0.15, label=f"±{margin:g} margin")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.plot(d.step, d.delta, color="tab:purple", lw=2, marker="o", ms=3, label="Δ of the seed means")
+        banded = d.dropna(subset=["low"])
+        if len(banded):
+            ax.fill_between(banded.step, banded.low, banded.high, color="tab:purple", alpha=0.25, label="Welch 95% CI")
+        thin = d[d.low.isna()]
+        if len(thin):
+            xs = np.concatenate([[s] * len(p) for s, p in zip(thin.step, thin.pairs, strict=True)])
+            ys = np.concatenate([list(p) for p in thin.pairs])
+            ax.scatter(xs, ys, s=10, color="tab:purple", alpha=0.5, label="seed differences (n<3)")
+        ax.set_title(cell, fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    panels[0].set_ylabel(f"Δ val mIoU {axes.delta_name} [points]")
+    _legend_below(fig, panels[0])
+    return save_figure(fig, out, "delta_curves")
+
+
+def final_vs_schedule_figure(runs: pd.DataFrame, published: pd.DataFrame, out: Path, axes: StudyAxes) -> list[Path]:
+    """Final mIoU vs schedule length: the mean with a 95% CI (n ≥ 3) or each seed, with the published points."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for backbone, group in summary.groupby("backbone"):
+    others = axes.cell_columns[1:]
+    summary = seed_summary(runs, by=["backbone", *axes.cell_columns])
+    for key, group in summary.groupby(["backbone", *others], dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
         group = group.sort_values("iterations")
-        err = np.vstack([group["mean"] - group.ci_low, group.ci_high - group["mean"]])
-        ax.errorbar(
-            group.iterations,
-            group["mean"],
-            yerr=np.nan_to_num(err),
-            marker="o",
-            capsize=3,
-            label=f"ours {backbone}",
-            color=COLOURS.get(backbone),
-        )
+        label = " ".join(["ours", str(key[0]), *(f"{k}={v}" for k, v in zip(others, key[1:], strict=True))])
+        colour = COLOURS.get(key[0])
+        ax.plot(group.iterations, group["mean"], marker="o", color=colour, label=f"{label} (mean)")
+        ok = group.n >= MIN_BAND_SEEDS
+        err = np.vstack([group["mean"] - group.ci_low, group.ci_high - group["mean"]])[:, ok.to_numpy()]
+        ax.errorbar(group.iterations[ok], group["mean"][ok], yerr=err, fmt="none", capsize=3, color=colour)
+        mask = runs.backbone == key[0]
+        for col, v in zip(others, key[1:], strict=True):
+            mask &= runs[col] == v
+        few = runs[mask & runs.iterations.isin(group.iterations[~ok])]
+        if len(few):  # each seed where n < 3: no t-interval
+            ax.scatter(few.iterations, few.miou, s=18, color=colour, alpha=0.7, marker="x", label=f"{label} (seeds)")
     markers = {"seed README (CoinCheung)": "*", "seed README outreach": "P", "mmsegmentation": "s"}
-    for _, row in published.dropna(subset=["iterations"]).iterrows():
-        ax.scatter(
-            row.iterations,
-            row.miou,
-            marker=markers.get(row.source, "X"),
-            color=COLOURS.get(row.backbone),
-            edgecolor="black",
-            s=60,
-            zorder=3,
-        )
-    shown = set(published.dropna(subset=["iterations"]).source)
-    for source, marker in markers.items():
-        if source in shown:
-            ax.scatter([], [], marker=marker, color="grey", edgecolor="black", label=f"published: {source}")
-    if shown - set(markers):
-        ax.scatter([], [], marker="X", color="grey", edgecolor="black", label="published: other")
+    dated = published.dropna(subset=["iterations"])
+    for _, row in dated.iterrows():
+        marker = markers.get(row.source, "X")
+        ax.scatter(row.iterations, row.miou, marker=marker, color=COLOURS.get(row.backbone), edgecolor="black", s=60)
+    for source in dict.fromkeys(dated.source):
+        marker = markers.get(source, "X")
+        ax.scatter([], [], marker=marker, color="grey", edgecolor="black", label=f"published: {source}")
     ax.set_xscale("log")  # a CPU demo's tens of iterations and the published tens of thousands on one axis
     ax.set_xlabel("training iterations (log scale)")
-    ax.set_ylabel("val mIoU (%) single scale")
+    ax.set_ylabel(f"final {MIOU}, single scale")
+    ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return save_figure(fig, out, "final_vs_schedule")
 
 
-def per_class_delta_figure(per_class: pd.DataFrame, runs: pd.DataFrame, out: Path) -> list[Path]:
-    """Per-class Δ IoU (res50 − res101), mean over seeds, at the longest schedule."""
+def per_class_delta_figure(per_class: pd.DataFrame, runs: pd.DataFrame, out: Path, axes: StudyAxes) -> list[Path]:
+    """Per-class Δ IoU (a − b), mean over seeds, in each cell of the longest schedule; classes both score 0
+    on are marked as such, not drawn as ties."""
     longest = runs.iterations.max()
-    data = per_class.merge(runs[["run_id", "backbone", "iterations"]], on="run_id")
-    data = data[data.iterations == longest]
-    table = data.groupby(["class", "backbone"])["iou"].mean().unstack()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if {"resnet50", "resnet101"} <= set(table.columns):
-        delta = (table["resnet50"] - table["resnet101"]).sort_values()
-        ax.barh(delta.index, delta.to_numpy(), color=np.where(delta.to_numpy() >= 0, "tab:blue", "tab:orange"))
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel(f"Δ IoU res50 − res101 (points), {int(longest)} iterations")
+    cells = [(k, a, b) for k, a, b in iter_cells(runs, axes) if k[0] == longest]
+    fig, panels = _panels(max(len(cells), 1), width=5.5, height=5.5)
+    for ax, (key, a, b) in zip(panels, cells, strict=False):
+        mean_a = per_class[per_class.run_id.isin(a.run_id)].groupby("class").iou.mean()
+        mean_b = per_class[per_class.run_id.isin(b.run_id)].groupby("class").iou.mean()
+        table = pd.DataFrame({"a": mean_a, "b": mean_b}).dropna()
+        both_zero = (table.a == 0) & (table.b == 0)
+        delta = (table.a - table.b).sort_values()
+        y = np.arange(len(delta))
+        ax.barh(y, delta.to_numpy(), color=np.where(delta.to_numpy() >= 0, "tab:blue", "tab:orange"))
+        for i, name in enumerate(delta.index):
+            if both_zero[name]:
+                ax.barh(i, 1, left=-0.5, color="none", edgecolor="grey", hatch="///", lw=0)
+                ax.annotate("both 0", (0, i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.set_yticks(y, delta.index, fontsize=7)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(cell_label(axes, key), fontsize=9)
+        ax.set_xlabel(f"Δ IoU {axes.delta_name} [points]")
     return save_figure(fig, out, "per_class_delta")
 
 
 def cost_figure(runs: pd.DataFrame, out: Path) -> list[Path]:
-    """Final mIoU vs compute (GPU-hours, or device-hours on CPU) and the backbones' parameters and FLOPs."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    """Final mIoU vs compute, and parameters and FLOPs each on its own axis."""
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(12, 3.6), gridspec_kw={"width_ratios": [2, 1, 1]})
     hours = "gpu_hours" if runs.gpu_hours.notna().any() else "device_hours"
     for backbone, group in runs.dropna(subset=["miou"]).groupby("backbone"):
         ax1.scatter(group[hours], group.miou, label=backbone, color=COLOURS.get(backbone))
-    ax1.set_xlabel(hours.replace("_", "-"))
-    ax1.set_ylabel("val mIoU (%)")
-    ax1.legend()
+    ax1.set_xlabel(f"{'GPU' if hours == 'gpu_hours' else 'device'}-hours per run")
+    ax1.set_ylabel(f"final {MIOU}")
+    ax1.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=2)
     ax1.grid(alpha=0.3)
     cost = runs.groupby("backbone")[["params", "gflops"]].first().dropna()
-    if not cost.empty:
-        x = np.arange(len(cost))
-        ax2.bar(x - 0.2, cost.params / 1e6, 0.4, label="parameters (M)")
-        ax2.bar(x + 0.2, cost.gflops, 0.4, label="GFLOPs / forward at the crop")
-        ax2.set_xticks(x, cost.index)
-        ax2.legend(fontsize=8)
+    colours = [COLOURS.get(b, "grey") for b in cost.index]
+    ax2.bar(cost.index, cost.params / 1e6, color=colours)
+    ax2.set_ylabel("parameters [M]")
+    ax3.bar(cost.index, cost.gflops, color=colours)
+    ax3.set_ylabel("GFLOPs per forward pass at the crop")
+    fig.tight_layout()
     return save_figure(fig, out, "cost")

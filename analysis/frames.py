@@ -73,7 +73,8 @@ LEGACY_SEED_METRIC = "val/mIoU_seed_metric"  # what the void-as-FP mIoU was call
 
 
 def runs_frame(tracking_uri: str, experiment: str) -> pd.DataFrame:
-    """One row per child run: config columns, hash, status, final metrics (mIoU in points), wall time, GPU-hours."""
+    """One row per child run: config columns (short names, and every config param under its dotted key), hash,
+    status, final metrics (mIoU in points), wall time, GPU-hours."""
     eid = _experiment_id(tracking_uri, experiment)
     records = run_records(tracking_uri, eid)
     found = [r for r in records if r.tags.get("config_hash") and r.tags.get("sweep.role") != PARENT_ROLE]
@@ -107,6 +108,10 @@ def runs_frame(tracking_uri: str, experiment: str) -> pd.DataFrame:
             "gpu_hours": hours * devices if p.get("info.device") == "cuda" else float("nan"),
             "device_hours": hours * devices,
             "source": run.tags.get("source", "sweep"),
+            "experiment_id": eid,
+            "config_params": dict(p),  # the store's strings, for deeplab.params.config_from_params
+            # every config key as a dotted column, so the analysis reads any sweep axis it is told about
+            **{key: _number(value) for key, value in p.items() if not key.startswith("info.")},
         }
         rows.append(row)
     frame = pd.DataFrame(rows)

@@ -15,23 +15,26 @@ from scipy import stats as sps
 from deeplab.metrics import iou_from_confusion
 
 
-def seed_summary(runs: pd.DataFrame, value: str = "miou") -> pd.DataFrame:
-    """Per (backbone, iterations): n seeds, mean, std and the 95% t-interval of the mean (NaN when n < 2)."""
+def seed_summary(
+    runs: pd.DataFrame, value: str = "miou", by: tuple[str, ...] | list[str] = ("backbone", "iterations")
+) -> pd.DataFrame:
+    """Per group of ``by`` (backbone and the cell's axes): n seeds, mean, std and the 95% t-interval of the mean,
+    clipped to the possible 0–100 points (NaN when n < 2)."""
     rows = []
-    for (backbone, iterations), group in runs.dropna(subset=[value]).groupby(["backbone", "iterations"]):
+    for key, group in runs.dropna(subset=[value]).groupby(list(by), dropna=False):
         x = group[value].to_numpy(dtype=float)
         n, mean = len(x), float(x.mean())
         std = float(x.std(ddof=1)) if n > 1 else float("nan")
         half = float(sps.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else float("nan")
+        key = key if isinstance(key, tuple) else (key,)
         rows.append(
             {
-                "backbone": backbone,
-                "iterations": iterations,
+                **dict(zip(by, key, strict=True)),
                 "n": n,
                 "mean": mean,
                 "std": std,
-                "ci_low": mean - half,
-                "ci_high": mean + half,
+                "ci_low": max(mean - half, 0.0) if n > 1 else float("nan"),
+                "ci_high": min(mean + half, 100.0) if n > 1 else float("nan"),
             }
         )
     return pd.DataFrame(rows)
@@ -111,3 +114,17 @@ def tost_equivalence(a: np.ndarray, b: np.ndarray, margin: float = 0.5, alpha: f
     p = float(max(p_lower, p_upper))
     half = float(sps.t.ppf(1 - alpha, df) * se)
     return TostResult(delta, margin, p, delta - half, delta + half, p < alpha)
+
+
+def welch_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Welch's interval of mean(a) − mean(b) for unpaired samples (NaN when either has < 2 values)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    delta = float(a.mean() - b.mean())
+    if va + vb == 0:
+        return delta, delta
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(sps.t.ppf(0.5 + level / 2, df) * math.sqrt(va + vb))
+    return delta - half, delta + half

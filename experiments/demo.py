@@ -92,7 +92,7 @@ def run_demo(workdir: Path, executor: str = "auto") -> int:
     print(f"           {report.with_suffix('.html')}  (the same, one file with the figures inlined)")
     evidence = report.parent / "evidence" / "report.md"
     print(f"evidence:  {evidence}  (what the seed fork's logs and published pairs say; .html beside it)")
-    print(f"notebook:  notebooks/res50_vs_res101.ipynb with DEEPLAB_TRACKING_URI={uri}")
+    print(f"notebook:  make notebook (JupyterLab; elsewhere set DEEPLAB_TRACKING_URI={uri})")
     print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}, then")
     # MLflow 3's front page lands in its GenAI view: these open the sweep itself
     print(f"  runs:    {runs_page_url(UI, eid)}")

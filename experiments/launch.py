@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import platform
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,22 +23,6 @@ from deeplab.errors import DeeplabError
 from deeplab.lease import LeaseHeld
 from experiments.mlflow_tracker import MlflowTracker
 from experiments.store import close_parent_if_done
-
-
-def git_state(repo: Path) -> dict[str, str]:
-    """Commit and dirty flag of the code that runs (tags), or 'unknown' outside a checkout."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return {"git.commit": commit.stdout.strip(), "git.dirty": str(bool(dirty.stdout.strip())).lower()}
-    except (OSError, subprocess.CalledProcessError):
-        return {"git.commit": "unknown", "git.dirty": "unknown"}
 
 
 def shield_requeue_from_sigterm() -> None:

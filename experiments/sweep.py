@@ -15,10 +15,11 @@ from deeplab.config import flatten, to_dict
 from deeplab.data.check import available_cpus, check_split
 from deeplab.data.synth import ensure_synthetic
 from deeplab.lease import LEASE_NAME, current_holder
+from experiments.code_version import git_state
 from experiments.errors import ExperimentsError
 from experiments.follow import failure_line, run_local, wait_for
 from experiments.jobs import JOB_ID_FILE, JobRecord, alive, read_job, sweep_lock, write_job
-from experiments.launch import RunJob, git_state
+from experiments.launch import RunJob
 from experiments.reconcile import reconcile
 from experiments.spec import RunSpec, SweepSpec, expand_grid
 from experiments.store import (

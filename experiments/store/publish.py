@@ -28,9 +28,9 @@ DELTA = "mIoU_res50_minus_res101"
 
 @dataclass(frozen=True)
 class CellSummary:
-    """One compared schedule length: res50 − res101 in mIoU points, its 90% CI over seeds, seeds per side."""
+    """One compared cell: res50 − res101 in mIoU points, its 90% CI over seeds, seeds per side."""
 
-    iterations: int
+    name: str  # the cell in metric-name characters, e.g. ``40000_iters``
     delta: float
     ci90_low: float
     ci90_high: float
@@ -42,7 +42,7 @@ def summary_metrics(cells: list[CellSummary]) -> dict[str, float]:
     count; NaN ones (an interval from one seed) are left out."""
     out: dict[str, float] = {}
     for c in cells:
-        cell = f"{c.iterations}_iters"
+        cell = c.name
         out[f"{DELTA}/{cell}"] = round(c.delta, 2)
         out[f"{DELTA}/{cell}/ci90_low"] = round(c.ci90_low, 2)
         out[f"{DELTA}/{cell}/ci90_high"] = round(c.ci90_high, 2)

@@ -90,6 +90,9 @@ def test_per_image_confusions_feed_the_paired_bootstrap(runs: pd.DataFrame, swee
     assert result.ci_low <= result.delta <= result.ci_high
 
 
+FIGURES = ("delta_curves", "curves", "final_vs_schedule", "per_class_delta", "cost")  # in their numbered order
+
+
 @pytest.fixture(scope="module")
 def report(sweep_store: SweepStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report")
@@ -103,7 +106,7 @@ def report(sweep_store: SweepStore, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_report_writes_markdown_and_figures(report: Path) -> None:
     text = (report / "report.md").read_text()
-    for name in ("curves", "final_vs_schedule", "per_class_delta", "cost"):
+    for name in FIGURES:
         for suffix in (".png", ".svg"):
             assert (report / "figures" / f"{name}{suffix}").stat().st_size > 1000, name + suffix
         assert f"(figures/{name}.png)" in text
@@ -121,8 +124,8 @@ def test_report_html_is_self_contained_and_says_the_same(report: Path) -> None:
             assert html.escape(line[2:].split("`")[0], quote=False) in page
     assert page.count("<td>FINISHED</td>") == text.split("## Runs")[1].count("| FINISHED |") == 8
     inlined = re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', page)
-    assert len(inlined) == 4
-    for name, data in zip(("curves", "final_vs_schedule", "per_class_delta", "cost"), inlined, strict=True):
+    assert len(inlined) == len(FIGURES)
+    for name, data in zip(FIGURES, inlined, strict=True):
         assert base64.b64decode(data) == (report / "figures" / f"{name}.png").read_bytes()
     assert "figures/" not in page  # nothing left to resolve beside the file
     assert '<a href="evidence/report.html">' in page and (report / "evidence" / "report.html").is_file()
@@ -157,3 +160,63 @@ def test_report_lists_the_published_numbers(report: Path) -> None:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[0] == expected.source and cells[1] == expected.backbone
         assert float(cells[5]) == pytest.approx(expected.miou, abs=0.005)
+
+
+def test_report_opens_with_provenance_and_numbers_its_figures_before_the_tables(
+    report: Path, sweep_store: SweepStore, runs: pd.DataFrame
+) -> None:
+    text = (report / "report.md").read_text()
+    head = text.split("## Verdict")[0]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert re.search(r"written \d{4}-\d\d-\d\d \d\d:\d\d UTC", head) and f"`{commit}`" in head
+    assert f"`{sweep_store.tracking_uri}`" in head and f"(id {runs.experiment_id.iloc[0]})" in head
+    assert f"mlflow ui --backend-store-uri {sweep_store.tracking_uri}" in head
+    assert all(f"`{rid}`" in text.split("## Runs")[1] for rid in runs.run_id)  # sqlite: run ids, not links
+    captions = re.findall(r"^\*\*Figure (\d)\.\*\* (.+)$", text, flags=re.M)
+    assert [int(n) for n, _ in captions] == list(range(1, len(FIGURES) + 1))
+    assert "each seed (n < 3)" in captions[1][1] and "no band" in captions[0][1]  # 2 seeds: no t-band drawn
+    last_figure = text.index(f"**Figure {len(FIGURES)}.**")
+    for table in ("## Statistics", "## Final val mIoU", "## Published numbers", "## Deviations", "## Runs"):
+        assert text.index(table) > last_figure, table
+
+
+def test_statistics_table_agrees_with_the_verdict(report: Path) -> None:
+    text = (report / "report.md").read_text()
+    rows = [
+        r
+        for r in text.split("## Statistics")[1].split("\n## ")[0].splitlines()
+        if r.startswith("| ") and "iterations" in r
+    ]
+    assert len(rows) == 4  # 2 schedules × (official, void as FP)
+    for row in rows:
+        assert "| not tested (n<3) |" in row and "False" not in row and "True" not in row
+    verdict = text.split("## Verdict")[1].split("\n## ")[0]
+    assert verdict.count("no equivalence claim is made") == 2
+    assert "change with schedule length" in verdict  # 2 schedules × 2 seeds: the fit is made
+
+
+def test_report_has_the_deviations_table_of_each_config(report: Path) -> None:
+    section = (report / "report.md").read_text().split("## Deviations from the seed")[1].split("\n## ")[0]
+    titles = re.findall(r"^### Config \d+: (.+)$", section, flags=re.M)
+    covered = [name for title in titles for name in title.split(", ")]
+    assert sorted(covered) == sorted(f"{b} @ {i}" for b in ("resnet50", "resnet101") for i in (4, 6))
+    assert section.count("| aspect | seed | this config | match | to match |") == len(titles)
+    assert "| augmentation order |" in section
+
+
+def test_delta_curves_on_the_sweep_store(runs: pd.DataFrame, sweep_store: SweepStore) -> None:
+    from analysis.cells import study_axes
+    from analysis.gap import delta_curves
+    from experiments.store import sweep_axes
+
+    axes = study_axes(sweep_axes(sweep_store.tracking_uri, sweep_store.experiment), runs)
+    assert axes.cell_keys == ("train.iterations",) and (axes.a, axes.b) == ("resnet50", "resnet101")
+    curves = curves_frame(sweep_store.tracking_uri, list(runs.run_id))
+    deltas = delta_curves(runs, curves, axes)
+    assert set(deltas.iterations) == set(sweep_store.grid["train.iterations"])
+    final = deltas.sort_values("step").groupby("iterations").last()
+    for iterations, row in final.iterrows():
+        cell = runs[runs.iterations == iterations]
+        means = cell.groupby("backbone").miou.mean()
+        assert row.delta == pytest.approx(means["resnet50"] - means["resnet101"])  # the last point is the final
+        assert len(row.pairs) == 4 and np.isnan(row.low)  # 2 × 2 seed differences, no band with n < 3

@@ -10,6 +10,8 @@ import pytest
 from nbclient import NotebookClient
 from tiny import REPO
 
+from analysis.report import write_report
+
 if TYPE_CHECKING:
     from conftest import SweepStore
 
@@ -42,12 +44,18 @@ def test_notebook_runs_against_a_sweep_store(
     outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
     images = [out for out in outputs if "image/png" in out.get("data", {})]
-    assert len(images) >= 4  # curves, final vs schedule, per-class Δ, cost
+    assert len(images) >= 5  # Δ curves, curves, final vs schedule, per-class Δ, cost
     text = "".join(str(out.get("data", {}).get("text/markdown", "")) for out in outputs)
     assert "fewer than 3 seeds per backbone" in text and "synthetic data" in text
     assert sorted(p.name for p in (tmp_path / "figures").glob("*.svg")) == [
         "cost.svg",
         "curves.svg",
+        "delta_curves.svg",
         "final_vs_schedule.svg",
         "per_class_delta.svg",
     ]
+    # the report on the same store says the same, line for line (the bootstrap is seeded)
+    report = write_report(sweep_store.experiment, sweep_store.tracking_uri, tmp_path / "report", n_boot=200)
+    verdict = report.read_text().split("## Verdict\n\n")[1].split("\n\n")[0]
+    assert text.strip().splitlines() == verdict.splitlines()
+    assert any("change with schedule length" in line for line in verdict.splitlines())

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 from mlflow.tracking import MlflowClient
 
+from analysis.comparison import compare
 from analysis.frames import runs_frame
 from analysis.report import publish_to_mlflow, write_report
 from experiments.store import CellSummary, publish_report, record_run, report_parent
@@ -102,7 +103,7 @@ def test_a_second_publication_replaces_the_first(published: tuple[Path, str], sw
     out, parent = published
     uri, client = sweep_store.tracking_uri, MlflowClient(sweep_store.tracking_uri)
     before = {f.path for f in client.list_artifacts(parent, "report")}
-    cell = CellSummary(4, 1.25, 0.5, 2.0, {"resnet50": 2, "resnet101": 2})
+    cell = CellSummary("4_iters", 1.25, 0.5, 2.0, {"resnet50": 2, "resnet101": 2})
     again = publish_report(uri, sweep_store.experiment, headline="second", verdict_lines=["- again"], cells=[cell],
                            synthetic=False, out=out)  # fmt: skip
     assert again == parent
@@ -117,8 +118,11 @@ def test_a_second_publication_replaces_the_first(published: tuple[Path, str], sw
 
 def test_runs_without_a_parent_are_not_published(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    record_run(uri, "imported", key="fork:log1", run_name="r50-fork", tags={"config_hash": "abc"})
-    publish_to_mlflow("imported", uri, ["- at 4 iterations"], [], False, tmp_path)
+    for backbone, miou in (("resnet50", 59.0), ("resnet101", 60.0)):  # imported logs: runs, but no sweep parent
+        params = {"model.backbone": backbone, "train.iterations": "4"}
+        record_run(uri, "imported", key=f"fork:{backbone}", run_name=backbone, tags={"config_hash": backbone},
+                   params=params, metrics=[("val/mIoU", miou, 4)], status="FINISHED")  # fmt: skip
+    publish_to_mlflow(compare("imported", uri, n_boot=10), tmp_path)
     said = capsys.readouterr().out.strip().splitlines()
     assert len(said) == 1 and "no single sweep parent run" in said[0]
     assert report_parent(uri, "imported") is None

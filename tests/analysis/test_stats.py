@@ -65,3 +65,35 @@ def test_bootstrap_detects_a_real_gap_and_not_a_null_one() -> None:
     assert null.ci_low < 0 < null.ci_high
     with pytest.raises(ValueError, match="same images"):
         bootstrap_miou_delta(good, good[:10])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tost_agrees_with_statsmodels_ttost_ind(seed: int) -> None:
+    from statsmodels.stats.weightstats import ttost_ind
+
+    rng = np.random.default_rng(seed)
+    a = rng.normal(78.4, rng.uniform(0.05, 0.6), size=rng.integers(2, 9))
+    b = rng.normal(78.4 + rng.uniform(-0.8, 0.8), rng.uniform(0.05, 0.6), size=rng.integers(2, 9))
+    margin = float(rng.uniform(0.2, 1.0))
+    ours = tost_equivalence(a, b, margin)
+    p_value, _, _ = ttost_ind(a, b, -margin, margin, usevar="unequal")
+    assert ours.p_value == pytest.approx(float(p_value), abs=1e-10)
+    assert ours.equivalent is bool(p_value < 0.05)
+
+
+def test_welch_interval_matches_scipy_and_needs_two_values_a_side() -> None:
+    from scipy import stats as sps
+
+    from analysis.stats import welch_interval
+
+    a, b = np.array([70.1, 71.3, 69.8, 70.6]), np.array([72.0, 71.1, 73.2])
+    low, high = welch_interval(a, b)
+    ci = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (low, high) == pytest.approx((ci.low, ci.high), abs=1e-10)
+    assert np.isnan(welch_interval(a, b[:1])).all()
+
+
+def test_seed_summary_interval_stays_within_the_possible_range() -> None:
+    frame = pd.DataFrame({"backbone": "r", "iterations": 4, "miou": [0.5, 30.0]})
+    row = seed_summary(frame).iloc[0]
+    assert row.ci_low == 0.0 and row.ci_high <= 100.0  # the raw t-interval with 2 seeds goes below 0

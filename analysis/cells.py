@@ -1,0 +1,72 @@
+"""The study's cells from the sweep's recorded grid: backbone is compared, seeds replicate, every other axis
+with more than one value splits the runs into cells that are compared only within themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pandas as pd
+
+from analysis.errors import AnalysisError
+from analysis.frames import CONFIG_COLUMNS
+
+COMPARE, REPLICATE, SCHEDULE = "model.backbone", "train.seed", "train.iterations"
+PREFERRED = ("resnet50", "resnet101")  # the question's order: Δ = res50 − res101
+SHORT = {"resnet50": "res50", "resnet101": "res101"}
+
+
+@dataclass(frozen=True)
+class StudyAxes:
+    a: str  # Δ = a − b
+    b: str
+    cell_keys: tuple[str, ...]  # dotted config keys; train.iterations first
+
+    @property
+    def cell_columns(self) -> list[str]:
+        return [column(k) for k in self.cell_keys]
+
+    @property
+    def delta_name(self) -> str:
+        return f"{SHORT.get(self.a, self.a)} − {SHORT.get(self.b, self.b)}"
+
+
+def column(key: str) -> str:
+    """The runs frame's column for a dotted config key (short names for the three classic ones)."""
+    return CONFIG_COLUMNS.get(key, key)
+
+
+def study_axes(grid: dict[str, list], runs: pd.DataFrame) -> StudyAxes:
+    """Axes from the recorded grid (``{}`` for imported runs: schedule length is then the only cell axis)."""
+    levels = list(dict.fromkeys(grid.get(COMPARE) or sorted(runs.backbone.dropna().unique())))
+    if len(levels) != 2:
+        raise AnalysisError(f"{COMPARE}: the comparison needs exactly two values, the sweep has {levels}")
+    a, b = (PREFERRED if set(levels) == set(PREFERRED) else levels)[:2]
+    others = [k for k, v in grid.items() if k not in (COMPARE, REPLICATE, SCHEDULE) and len(v) > 1]
+    for key in others:
+        if column(key) not in runs.columns:
+            raise AnalysisError(f"sweep axis {key!r} is not a param of the runs")
+    return StudyAxes(a, b, (SCHEDULE, *others))
+
+
+def cell_label(axes: StudyAxes, key: tuple) -> str:
+    """'4 iterations' or '4 iterations, model.weights=none': how a cell is named in the verdict and figures."""
+    text = f"{int(key[0])} iterations"
+    return ", ".join([text, *(f"{k}={v}" for k, v in zip(axes.cell_keys[1:], key[1:], strict=True))])
+
+
+def iter_cells(runs: pd.DataFrame, axes: StudyAxes) -> Iterator[tuple[tuple, pd.DataFrame, pd.DataFrame]]:
+    """(cell key, runs of a, runs of b) for every cell that has runs of both backbones, in sorted order."""
+    for key, cell in runs.groupby(axes.cell_columns, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        a, b = cell[cell.backbone == axes.a], cell[cell.backbone == axes.b]
+        if len(a) and len(b):
+            yield key, a, b
+
+
+def missing_cells(runs_all: pd.DataFrame, runs: pd.DataFrame, axes: StudyAxes) -> list[str]:
+    """'resnet50 @ 4 iterations' for each backbone × cell seen in the experiment with no FINISHED run."""
+    seen = set(runs_all[axes.cell_columns].itertuples(index=False, name=None))
+    done = set(runs[["backbone", *axes.cell_columns]].itertuples(index=False, name=None))
+    order = sorted(seen, key=lambda k: (k[0], str(k[1:])))  # schedule numerically, then the other axes
+    return [f"{bb} @ {cell_label(axes, k)}" for k in order for bb in (axes.a, axes.b) if (bb, *k) not in done]
