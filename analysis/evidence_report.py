@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +10,7 @@ from analysis import evidence_figures
 from analysis.errors import AnalysisError
 from analysis.evidence import Evidence, gather_evidence, verdict_sentences
 from analysis.fork_logs import fork_meta, fork_progress, fork_summary
-from analysis.html import markdown_table, markdown_to_html
+from analysis.html import markdown_table, write_pages
 from analysis.seed_log import SEED_EPOCH_ITERATIONS
 from analysis.selection import expected_max_iid
 
@@ -36,11 +35,7 @@ def _write(out: Path, ev: Evidence, margin: float) -> Path:
     evidence_figures.forest_figure(ev.pairs, ev.pooled, margin, figures)
     text = render(ev, margin)
     out.mkdir(parents=True, exist_ok=True)
-    page = markdown_to_html(text, out)
-    for name, content in (("report.html", page), ("report.md", text)):  # report.md last: it marks completion
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(content)
-        os.replace(tmp, out / name)
+    write_pages(text, out)
     return out / "report.md"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -82,3 +83,14 @@ def markdown_to_html(text: str, base: Path) -> str:
         + md.convert(text)
         + "\n</body>\n</html>\n"
     )
+
+
+def write_pages(text: str, out: Path) -> Path:
+    """``out/report.html`` (self-contained) and ``out/report.md``, each written whole or not at all; report.md
+    goes last, so its presence marks a complete report. Returns report.md's path."""
+    page = markdown_to_html(text, out)
+    for name, content in (("report.html", page), ("report.md", text)):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(content)
+        os.replace(tmp, out / name)
+    return out / "report.md"

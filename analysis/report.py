@@ -3,7 +3,6 @@ res101, beside the published numbers (mIoU in points)."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from analysis.comparison import Comparison, compare, statistics_table, verdict_l
 from analysis.evidence_report import write_evidence
 from analysis.frames import per_class_frame
 from analysis.html import markdown_table as _table
-from analysis.html import markdown_to_html
+from analysis.html import write_pages
 from analysis.provenance import provenance_lines, run_link
 from analysis.published import published_deeplabv3plus
 from analysis.stats import seed_summary
@@ -38,11 +37,7 @@ def write_report(experiment: str, tracking_uri: str, out: Path, margin: float = 
     text = _render(c, published, captions) + EVIDENCE_LINK
     out.mkdir(parents=True, exist_ok=True)
     write_evidence(out / "evidence", margin=margin)  # the public evidence, beside the sweep's own results
-    page = markdown_to_html(text, out)
-    for name, content in (("report.html", page), ("report.md", text)):  # report.md last: it marks completion
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(content)
-        os.replace(tmp, out / name)
+    write_pages(text, out)
     publish_to_mlflow(c, out)
     return out / "report.md"
 
