@@ -101,5 +101,5 @@ def test_slurm_sweep_logs_through_the_server_into_postgresql(slurm_cluster: Loca
         assert artifact_location.startswith("mlflow-artifacts:"), artifact_location  # served by the server
         assert array_job in {job.split("_")[0] for job in jobs}, (name, array_job)  # ran as a SLURM array task
         assert steps == [2, 4], (name, steps)  # eval_every 2, 4 iterations: both validations, no duplicates
-        assert all(0.0 <= value <= 1.0 for value in values), (name, values)
+        assert all(0.0 <= value <= 100.0 for value in values), (name, values)  # points
     assert pg.pid() is None and not pg.root.exists()  # stopped by PID file and deleted
