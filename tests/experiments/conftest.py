@@ -32,12 +32,22 @@ class LocalCluster:
         return _run("sbatch", "--parsable", f"--chdir={cwd}", *args, env=environment).strip().split(";")[0]
 
     def state(self, job_id: str) -> str:
-        """The accounting state of a job or array task ``<id>_<i>`` (PENDING, RUNNING, COMPLETED…; "" if unknown)."""
-        try:
-            words = _run("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State").split()
-        except subprocess.SubprocessError:  # e.g. slurmdbd busy for a moment: callers poll again
-            return ""
-        return words[0] if words else ""
+        """The state of a job or array task ``<id>_<i>`` (PENDING, RUNNING, COMPLETED…; "" if unknown).
+
+        The controller's answer first: slurmdbd records arrive late, so right after a requeue sacct can still
+        show the previous attempt's end state. sacct only once the controller has forgotten the job (MinJobAge).
+        """
+        for argv in (
+            ("squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"),
+            ("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"),
+        ):
+            try:
+                words = _run(*argv).split()
+            except subprocess.SubprocessError:  # an unknown id (squeue) or a busy daemon: try the next, poll again
+                continue
+            if words:
+                return words[0]
+        return ""
 
     def wait(self, job_id: str, timeout: float = 300) -> str:
         """Poll sacct until the job reaches a final state and return it (jobs of other tests may queue first)."""
