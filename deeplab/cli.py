@@ -22,7 +22,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)  # before torch is imported: a bad config fails in a second
     from deeplab.runner import train_from_cli
 
-    return train_from_cli(cfg, run_dir, progress=args.progress)
+    return train_from_cli(cfg, run_dir, progress=args.progress, device=args.device)
 
 
 # Outputs are checked before the heavy imports: a bad path fails in a fraction of a second.
@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("--run-dir", required=True, help="everything the run writes goes here")
     p.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=None,
+        help="override train.device for this run without changing its identity (cuda without a GPU is an error)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint (single or multi-scale + flip)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,16 @@ from deeplab.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save
 from deeplab.config import Config, config_hash, flatten, save_config, to_dict
 from deeplab.data.cityscapes import CityscapesSegmentation
 from deeplab.data.loader import build_train_loader, build_val_dataset, check_data
-from deeplab.distributed import DistInfo, init_distributed
+from deeplab.distributed import (
+    POLL_S,
+    DistInfo,
+    FailureWatch,
+    PeerFailed,
+    any_rank,
+    data_workers,
+    describe_process,
+    init_distributed,
+)
 from deeplab.errors import DeeplabError
 from deeplab.lease import holds_run_dir
 from deeplab.model import model_info
@@ -49,11 +59,14 @@ class StopFlag:
     def __init__(self) -> None:
         self.requested = False
         self.signum: int | None = None
+        self.signals: set[int] = set()  # every signal received (a launcher requeues on some of them)
 
     def request(self, signum: int | None = None, _frame: object = None) -> None:
         if signum == signal.SIGINT and self.requested:  # a second Ctrl-C: stop now, without a checkpoint
             raise KeyboardInterrupt
         self.requested, self.signum = True, signum
+        if signum is not None:
+            self.signals.add(signum)
 
 
 @contextlib.contextmanager
@@ -95,16 +108,24 @@ def _resume(path: Path, cfg: Config, parts: TrainParts) -> dict:
 
 
 def _checkpoint(
-    path: Path, cfg: Config, parts: TrainParts, iteration: int, window: dict, final_metrics: dict | None = None
+    path: Path,
+    cfg: Config,
+    parts: TrainParts,
+    iteration: int,
+    window: dict,
+    final_metrics: dict | None = None,
+    validate_first: bool = False,
 ) -> None:
     """A resumable checkpoint, or with ``final_metrics`` a finished run's: weights (none when
     ``train.keep_weights`` is false), config and metrics. Optimizer, scheduler and RNG state only serve a resume,
-    which a finished run never does: dropping them halves the file (momentum is as large as the weights)."""
+    which a finished run never does: dropping them halves the file (momentum is as large as the weights).
+    ``validate_first``: a stop skipped the validation due at ``iteration``; the resumed run runs it first."""
     state = {
         "iteration": iteration,
         "window": dict(window),
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
+        "validate_first": validate_first,
     }
     if final_metrics is None:
         state |= {
@@ -131,6 +152,10 @@ def _fresh_run(cfg: Config, run_dir: Path, info: DistInfo, tracker: Tracker) -> 
             "info.config_hash": config_hash(cfg),
             "info.world_size": info.world_size,
             "info.device": info.device.type,
+            # TF32 changes the numbers of every fp32 matmul/conv on Ampere and later: record what ran
+            "info.tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "info.tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "info.cudnn_benchmark": torch.backends.cudnn.benchmark,
         }
     )
     tracker.log_artifact(run_dir / "config.yaml")
@@ -145,15 +170,48 @@ def train(
     stop: StopFlag | None = None,
     progress: str = "auto",
     on_iteration: Callable[[int], None] | None = None,
+    device: str | None = None,
+    on_peer_failure: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train (or resume from ``run_dir/checkpoint.pt``) until ``cfg.train.iterations`` or a stop request."""
+    """Train (or resume from ``run_dir/checkpoint.pt``) until ``cfg.train.iterations`` or a stop request.
+
+    ``device`` overrides ``train.device`` for this call (a launcher's choice, not part of the run's identity).
+    A failure on any rank ends every rank (``FailureWatch``): this rank raises ``PeerFailed`` with the failing
+    rank's reason, or, stuck in a collective, calls ``on_peer_failure(reason)`` and exits.
+    """
     run_dir = Path(run_dir)
-    info = init_distributed(cfg.train.device)
+    info = init_distributed(device or cfg.train.device)
+    with FailureWatch(info.rank, info.world_size, on_peer_failure) as watch:
+        try:
+            return _train(cfg, run_dir, info, tracker, stop or StopFlag(), progress, on_iteration)
+        except PeerFailed:
+            raise
+        except DeeplabError as err:  # this rank's own failure, named: the others learn it at once
+            watch.publish(str(err))
+            raise
+        except BaseException as err:
+            peer = watch.peer_failure(wait_s=2 * POLL_S)  # a collective broken by another rank's exit echoes it
+            if peer is not None:
+                raise PeerFailed(peer) from err
+            watch.publish(f"{err.__class__.__name__}: {err}")
+            raise
+
+
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    info: DistInfo,
+    tracker: Tracker | None,
+    stop: StopFlag,
+    progress: str,
+    on_iteration: Callable[[int], None] | None,
+) -> TrainResult:
     tracker = tracker if (tracker is not None and info.is_main) else NullTracker()
-    stop = stop or StopFlag()
+    print(f"deeplab: {describe_process(info, data_workers(cfg.data.num_workers))}", file=sys.stderr, flush=True)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    # fixed training crops: cuDNN's autotuner picks the fastest kernels once (it may pick non-deterministic ones)
+    torch.backends.cudnn.benchmark = info.device.type == "cuda" and not cfg.train.deterministic
     check_data(cfg, progress if info.is_main else "off")  # data errors surface before anything is written
     val_dataset = build_val_dataset(cfg)
     parts = build_parts(cfg, info)
@@ -161,10 +219,10 @@ def train(
     if info.is_main:  # temp files of writes cut short by a kill -9 are never loaded: clear them
         for stale in run_dir.glob(f".{CHECKPOINT_NAME}.tmp-*"):
             stale.unlink(missing_ok=True)
-    start, window = 0, {"loss": 0.0, "count": 0, "time": 0.0}
+    start, window, validate_first = 0, {"loss": 0.0, "count": 0, "time": 0.0}, False
     if ckpt_path.exists():
         state = _resume(ckpt_path, cfg, parts)
-        start, window = state["iteration"], state["window"]
+        start, window, validate_first = state["iteration"], state["window"], bool(state.get("validate_first"))
         if state.get("final_metrics") is not None:
             return TrainResult("finished", start, state["final_metrics"])
     elif info.is_main:
@@ -174,10 +232,14 @@ def train(
     try:
         window = LossWindow(info.device, window, info.rank)
         run = _Run(cfg, run_dir, info, parts, tracker, stop, bar, val_dataset, window, on_iteration)
+        if validate_first and start < cfg.train.iterations:  # the validation a stop skipped
+            run.validate(start, final=False)
         done = _loop(run, batches, start)
         if done < cfg.train.iterations:
             bar.message(f"stop requested: checkpoint at iteration {done} written to {ckpt_path}")
             return TrainResult("interrupted", done)
+        if start < done:  # a stop during the final validation resumes from here, not from the last period
+            run.checkpoint(done)
         metrics = run.validate(done, final=True)
         run.checkpoint(done, metrics)
         bar.message(f"finished: val mIoU {metrics['val/mIoU']:.2f} at iteration {done}")
@@ -213,12 +275,21 @@ class _Run:
             self.cfg, self.parts.model, self.val_dataset, self.info, self.tracker, self.run_dir, iteration, final=final
         )
 
-    def checkpoint(self, iteration: int, final_metrics: dict | None = None) -> None:
-        """Rank 0 writes (the tracker is flushed first, so metrics are never behind a checkpoint)."""
-        self.tracker.flush()
+    def checkpoint(self, iteration: int, final_metrics: dict | None = None, validate_first: bool = False) -> None:
+        """Rank 0 writes (the tracker is flushed first, so metrics are never behind a checkpoint); every rank
+        agrees on the outcome, so all leave this step together, and all raise when the write failed."""
+        failed: BaseException | None = None
         if self.info.is_main:
-            path = self.run_dir / CHECKPOINT_NAME
-            _checkpoint(path, self.cfg, self.parts, iteration, self.window.state(), final_metrics)
+            try:
+                self.tracker.flush()
+                path = self.run_dir / CHECKPOINT_NAME
+                _checkpoint(path, self.cfg, self.parts, iteration, self.window.state(), final_metrics, validate_first)
+            except Exception as err:
+                failed = err
+        if any_rank(failed is not None, self.info.device):
+            if failed is not None:
+                raise failed
+            raise PeerFailed(f"rank 0 could not write the checkpoint of iteration {iteration}")
 
 
 def _loop(run: _Run, batches: Iterator, start: int) -> int:
@@ -246,11 +317,13 @@ def _loop(run: _Run, batches: Iterator, start: int) -> int:
         run.bar.step(done, lr, logged)
         if done == t.iterations:
             return done
-        if t.eval_every and done % t.eval_every == 0:
+        due = bool(t.eval_every and done % t.eval_every == 0)
+        if due and not stopping:  # an agreed stop skips it: the resumed run validates first
             run.validate(done, final=False)
-            stopping = stopping or agree(run.stop.requested, run.window.loss)[0]  # a signal during validation
+            stopping = agree(run.stop.requested, run.window.loss)[0]  # a signal during validation
+            due = False
         if stopping or (t.checkpoint_every and done % t.checkpoint_every == 0):
-            run.checkpoint(done)
+            run.checkpoint(done, validate_first=due)
         if stopping:
             return done
     return start

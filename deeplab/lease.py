@@ -253,7 +253,7 @@ def holds_run_dir(train: F) -> F:
     def wrapper(cfg: Any, run_dir: Path, *args: Any, **kwargs: Any) -> Any:
         from deeplab.distributed import any_rank, init_distributed
 
-        info = init_distributed(cfg.train.device)
+        info = init_distributed(kwargs.get("device") or cfg.train.device)
         lease, refused = None, None
         if info.is_main:
             try:

@@ -22,19 +22,24 @@ from deeplab.tracking import JsonlTracker
 EXIT_INTERRUPTED = 3  # checkpointed on a signal: run the same command again to resume
 
 
-def train_from_cli(cfg: Config, run_dir: Path, progress: str = "auto") -> int:
+def train_from_cli(cfg: Config, run_dir: Path, progress: str = "auto", device: str | None = None) -> int:
     """Train with the JSONL tracker; 0 when finished, EXIT_INTERRUPTED when stopped by a signal."""
-    info = init_distributed(cfg.train.device)
+    info = init_distributed(device or cfg.train.device)
     tracker = JsonlTracker(run_dir) if info.is_main else None
+
+    def failed(reason: str) -> None:  # also called by FailureWatch: another rank failed while this one waited
+        if tracker is not None and run_dir.exists():
+            tracker.set_tags({"failure_reason": reason})
+            tracker.close("FAILED")
+
     flag = StopFlag()
     with signal_handlers(flag):
         try:
-            result = train(cfg, run_dir, tracker, stop=flag, progress=progress)
+            result = train(cfg, run_dir, tracker, stop=flag, progress=progress, device=device, on_peer_failure=failed)
         except LeaseHeld:  # the run directory is another process's: touch nothing in it
             raise
-        except DeeplabError:
-            if tracker is not None and run_dir.exists():
-                tracker.close("FAILED")
+        except DeeplabError as err:
+            failed(str(err))
             raise
     if result.status == "interrupted":
         if tracker is not None:

@@ -1,8 +1,9 @@
 """What runs inside a submitit job: the engine with an MLflow tracker, checkpoint-and-requeue on preemption.
 
-On SIGUSR2 (time-out or preemption) submitit calls ``checkpoint()``, which resubmits this same callable; the
-requeued attempt resumes from the run directory's latest periodic checkpoint and replays the iterations since,
-bit for bit (the engine's resume is exact and the tracker drops points already stored).
+SIGUSR2 (submitit's time-out and preemption signal, ``--signal=USR2@lead``), SIGTERM and SIGINT ask the engine to
+stop: every rank agrees, rank 0 checkpoints the current iteration, and then, when SIGUSR2 came, rank 0's main
+process alone runs submitit's own handler (``checkpoint()`` → ``scontrol requeue``), once. The requeued attempt
+resumes from that checkpoint bit for bit. DataLoader workers ignore these signals (deeplab.signals).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 import platform
 import signal
 import sys
+import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import submitit
 import torch
 
 from deeplab.config import from_dict
-from deeplab.engine import train
+from deeplab.engine import StopFlag, signal_handlers, train
 from deeplab.errors import DeeplabError
 from deeplab.lease import LeaseHeld
 from experiments.mlflow_tracker import MlflowTracker
@@ -49,6 +52,32 @@ def shield_requeue_from_sigterm() -> None:
     signal.signal(signal.SIGUSR2, handler)
 
 
+REQUEUE_SIGNAL = signal.SIGUSR2  # submitit's default (SUBMITIT_PREEMPT_SIGNAL): sent `signal_lead_s` before the limit
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, REQUEUE_SIGNAL)
+LATE_REQUEUE_S = 10.0  # a preemption's SIGUSR2 may trail its SIGTERM: rank 0 waits this long before giving up
+
+
+def rendezvous_port(job_id: str, attempt: int) -> int:
+    """A port of the job and attempt (the train.sbatch formula): two jobs on one node, or a requeued attempt
+    beside its predecessor's last processes, do not meet on one port."""
+    number = int(job_id) if job_id.isdigit() else zlib.crc32(job_id.encode())
+    return 20000 + (number + 7919 * attempt) % 40000
+
+
+def rendezvous_env(env: submitit.JobEnvironment, job_id: str, attempt: int) -> dict[str, str]:
+    """torchrun's variables from the job itself, replacing any that the submitting shell exported (sbatch passes
+    the user's environment on)."""
+    port = rendezvous_port(job_id, attempt)
+    return {
+        "MASTER_ADDR": env.hostnames[0],
+        "MASTER_PORT": str(port),
+        "RANK": str(env.global_rank),
+        "WORLD_SIZE": str(env.num_tasks),
+        "LOCAL_RANK": str(env.local_rank),
+        "LOCAL_WORLD_SIZE": str(env.num_tasks // env.num_nodes),
+    }
+
+
 class RunJob(submitit.helpers.Checkpointable):
     """One grid cell as a submitit job (one task per GPU; the tasks become DDP ranks)."""
 
@@ -60,21 +89,25 @@ class RunJob(submitit.helpers.Checkpointable):
         run_id: str,
         threads: int = 0,
         tags: dict[str, str] | None = None,
+        device: str | None = None,
     ) -> None:
         self.config, self.run_dir, self.tracking_uri, self.run_id = config, run_dir, tracking_uri, run_id
-        self.threads, self.tags = threads, tags or {}
+        self.threads, self.tags, self.device = threads, tags or {}, device
 
     def _environment(self) -> int:
-        """Export torchrun-style variables for multi-task jobs; returns this process's rank."""
-        env = submitit.JobEnvironment() if os.environ.get("SUBMITIT_EXECUTOR") else None
-        if env is not None and env.num_tasks > 1:
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        """Export the rendezvous for job processes (not in-process debug runs); returns this process's rank."""
+        kind = os.environ.get("SUBMITIT_EXECUTOR")
+        if kind in ("slurm", "local"):
+            env = submitit.JobEnvironment()
+            job_id = os.environ.get("SLURM_JOB_ID") or str(env.job_id)
+            os.environ.update(rendezvous_env(env, job_id, int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)))
         if self.threads:
             torch.set_num_threads(self.threads)
         return int(os.environ.get("RANK", "0"))
 
     def __call__(self) -> dict[str, float]:
         shield_requeue_from_sigterm()  # submitit installed its handlers before calling us
+        requeue = signal.getsignal(REQUEUE_SIGNAL)  # submitit's: checkpoint(), scontrol requeue, exit
         rank = self._environment()
         cfg = from_dict(self.config)
         run_dir = Path(self.run_dir)
@@ -89,21 +122,48 @@ class RunJob(submitit.helpers.Checkpointable):
                 "restart_count": os.environ.get("SLURM_RESTART_COUNT", "0"),
             }
             tracker = MlflowTracker(self.tracking_uri, self.run_id, spool_dir=run_dir, start_tags=start_tags)
-        try:
-            result = train(cfg, run_dir, tracker, progress="lines")
-        except LeaseHeld:  # another process trains this run: its MLflow run is not ours to touch
-            raise
-        except Exception as err:  # diverged, bad data, or a bug: the run says FAILED and why, then the job fails
+
+        def failed(reason: str) -> None:  # also FailureWatch's call when another rank failed
             if tracker is not None:
-                reason = str(err) if isinstance(err, DeeplabError) else f"{err.__class__.__name__}: {err}"
                 tracker.close("FAILED", reason)
                 self._close_parent()
-            raise
-        if tracker is not None:  # interrupted (preempted or timed out): stays RUNNING, the requeued job resumes
-            tracker.close("FINISHED" if result.status == "finished" else None)
-            if result.status == "finished":
-                self._close_parent()
+
+        flag = StopFlag()
+        with signal_handlers(flag, STOP_SIGNALS):
+            try:
+                result = train(
+                    cfg, run_dir, tracker, stop=flag, progress="lines", device=self.device, on_peer_failure=failed
+                )
+            except LeaseHeld:  # another process trains this run: its MLflow run is not ours to touch
+                raise
+            except Exception as err:  # diverged, bad data, another rank, or a bug: FAILED and why, then the job fails
+                failed(str(err) if isinstance(err, DeeplabError) else f"{err.__class__.__name__}: {err}")
+                raise
+            if result.status == "interrupted":  # checkpointed at the current iteration; stays RUNNING
+                if tracker is not None:
+                    tracker.close(None)
+                if rank == 0:
+                    self._requeue(flag, requeue, failed)
+                return result.metrics
+        if tracker is not None:
+            tracker.close("FINISHED")
+            self._close_parent()
         return result.metrics
+
+    @staticmethod
+    def _requeue(flag: StopFlag, requeue: Any, failed: Any) -> None:
+        """Rank 0's main process requeues once, after every rank has checkpointed; not after a plain cancel."""
+        if os.environ.get("SLURM_JOB_ID"):
+            deadline = time.monotonic() + LATE_REQUEUE_S
+            while REQUEUE_SIGNAL not in flag.signals and time.monotonic() < deadline:
+                time.sleep(0.1)
+        if REQUEUE_SIGNAL not in flag.signals or not callable(requeue):
+            return
+        try:
+            requeue(REQUEUE_SIGNAL, None)  # exits the process once the job is requeued
+        except submitit.core.utils.UncompletedJobError as err:  # e.g. timed out more often than max_requeues
+            failed(f"not requeued: {err}")
+            raise
 
     def _close_parent(self) -> None:
         """The last child to end ends the sweep's parent run (bookkeeping: a tracking hiccup here is only logged)."""
@@ -113,5 +173,5 @@ class RunJob(submitit.helpers.Checkpointable):
             print(f"warning: could not update the sweep's parent run: {err}", file=sys.stderr, flush=True)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Requeue the same job: it resumes from the run directory's latest checkpoint."""
+        """Requeue the same job: it resumes from the checkpoint its engine just wrote."""
         return submitit.helpers.DelayedSubmission(self)

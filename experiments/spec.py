@@ -14,6 +14,8 @@ from deeplab.errors import DeeplabError
 from deeplab.yaml_loader import load_yaml_file
 from experiments.errors import ExperimentsError
 
+DEVICES = ("cuda", "cpu", "auto")
+
 
 @dataclass
 class SlurmSpec:
@@ -29,6 +31,12 @@ class SlurmSpec:
     constraint: str | None = None
     array_parallelism: int = 16
     max_requeues: int = 10
+    # the jobs' device, over the config's train.device and not part of a run's identity: cuda is an error on a
+    # node without a usable GPU, never a silent CPU run (the local cluster's GPUs are fake: cpu there)
+    device: str | None = None
+    # SIGUSR2 this long before the time limit: the current iteration, a validation already under way (~1-2 min on
+    # the full val split) and the checkpoint (bench/bench_checkpoint.py) must fit, or the attempt's work is lost
+    signal_lead_s: int = 300
 
 
 @dataclass
@@ -91,6 +99,8 @@ def _section(cls: type, data: Any, where: str) -> Any:
             raise ExperimentsError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
         if expected is int and value < (0 if key == "threads_per_job" else 1):
             raise ExperimentsError(f"{where}.{key}: must be positive, got {value}")
+        if key == "device" and value is not None and value not in DEVICES:
+            raise ExperimentsError(f"{where}.{key}: expected one of {', '.join(DEVICES)}, got {value!r}")
     return cls(**data)
 
 

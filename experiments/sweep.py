@@ -79,6 +79,9 @@ def make_executor(kind: str, spec: SweepSpec, folder: Path) -> submitit.Executor
         slurm_mem=s.mem,
         timeout_min=s.time,
         slurm_array_parallelism=s.array_parallelism,
+        slurm_signal_delay_s=s.signal_lead_s,
+        # srun inherits --cpus-per-task from sbatch on some Slurm releases only (not 22.05-23.x): say it again
+        slurm_srun_args=[f"--cpus-per-task={s.cpus_per_task}"],
         **extra,
     )
     return executor
@@ -289,6 +292,7 @@ def _fan_out(spec: SweepSpec, kind: str, uri: str, todo: list[Planned]) -> Any:
             p.child.run_id,
             threads=threads if kind != "slurm" else 0,
             tags={"config_hash": p.run.config_hash},
+            device=spec.slurm.device if kind == "slurm" else None,
         )
         for p in todo
     ]

@@ -19,6 +19,7 @@ from deeplab.data.cityscapes import missing_label, split_files
 from deeplab.data.png import decodes_safely, label_header, png_header, read_label_ids, read_png
 from deeplab.errors import DeeplabError
 from deeplab.progress import CountProgress
+from deeplab.signals import forking_children, ignore_job_signals
 
 _PAIRS_PER_WORKER = 8  # below this a split is checked in-process: starting workers would cost more
 
@@ -93,10 +94,14 @@ def check_split(
     pairs = split_files(root, split)[: limit or None]
     result = SplitCheck(root, split, len(pairs))
     workers = min(workers, len(pairs) // _PAIRS_PER_WORKER)
-    loader = DataLoader(_PairProblems(pairs, decode), batch_size=None, num_workers=workers)
+    loader = DataLoader(
+        _PairProblems(pairs, decode), batch_size=None, num_workers=workers, worker_init_fn=ignore_job_signals
+    )
     bar = CountProgress(f"data check {split}", len(pairs), progress)
+    with forking_children():  # the workers start here
+        batches = iter(loader)
     try:
-        for problems in loader:
+        for problems in batches:
             result.problems += problems
             bar.advance(f"{len(result.problems)} bad" if result.problems else "")
     finally:

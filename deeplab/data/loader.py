@@ -20,7 +20,9 @@ from deeplab.data.check import check_split
 from deeplab.data.cityscapes import CityscapesSegmentation
 from deeplab.data.synth import ensure_synthetic
 from deeplab.data.transforms import TrainTransform
+from deeplab.distributed import data_workers
 from deeplab.errors import DeeplabError
+from deeplab.signals import forking_children, ignore_job_signals
 
 _MIX = 1_000_003  # keeps (seed, epoch) and (seed, position) streams apart
 
@@ -72,7 +74,7 @@ def build_train_loader(cfg: Config, rank: int, world_size: int, start_iteration:
     _ensure_data(cfg)
     base = CityscapesSegmentation(cfg.data.root, cfg.data.train_split, strict=cfg.data.strict)
     positions = StreamPositions(base, TrainTransform(cfg.data), cfg.train.seed)
-    workers = cfg.data.num_workers
+    workers = data_workers(cfg.data.num_workers)
     loader = DataLoader(
         positions,
         batch_size=cfg.data.batch_size_per_gpu,
@@ -81,8 +83,10 @@ def build_train_loader(cfg: Config, rank: int, world_size: int, start_iteration:
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=ignore_job_signals,
     )
-    return iter(loader)
+    with forking_children():  # persistent workers are forked here, once
+        return iter(loader)
 
 
 def check_data(cfg: Config, progress: str = "auto") -> None:

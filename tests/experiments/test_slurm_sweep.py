@@ -5,6 +5,7 @@ is requeued, resumes in the same MLflow run and ends bit-identical to an uninter
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -107,9 +108,9 @@ def _job_ids(spec: SweepSpec) -> list[str]:
     return [read_job(r.run_dir).job_id for r in expand_grid(spec)]
 
 
-def _logs(spec: SweepSpec) -> str:
+def _logs(spec: SweepSpec, tail: int = 3000) -> str:
     folder = spec.runs_root / spec.name / ".submitit"
-    return "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted(folder.glob("*_log.*")))
+    return "\n".join(f"== {p.name}\n{p.read_text()[-tail:]}" for p in sorted(folder.glob("*_log.*")))
 
 
 def _submit_and_wait(spec: SweepSpec) -> subprocess.CompletedProcess:
@@ -221,18 +222,46 @@ def test_two_task_job_trains_as_two_ddp_ranks(slurm_cluster: LocalCluster, tmp_p
     assert "global_rank=1(2)" in rank1 and "Job completed successfully" in rank1  # rank 1 ran and ended well
 
 
+_REFERENCE: dict[str, Any] = {}  # the uninterrupted run both signal tests compare with, trained once
+
+
+def _reference(cell: Any, folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    if cell.config_hash not in _REFERENCE:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(int(THREADS))
+        try:
+            result = train(cell.config, folder / "reference", None, progress="lines")
+        finally:
+            torch.set_num_threads(threads)
+        assert result.status == "finished"
+        _REFERENCE[cell.config_hash] = (
+            load_checkpoint(folder / "reference" / "checkpoint.pt")["model"],
+            result.metrics,
+        )
+    return _REFERENCE[cell.config_hash]
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_preempted_run_is_requeued_resumes_and_ends_bit_identical(
-    slurm_cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("how", ["preempted", "timed-out"])
+def test_a_signalled_run_checkpoints_its_iteration_requeues_once_and_ends_bit_identical(
+    slurm_cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
+    """Real DataLoader workers (2 per rank) receive the signals too; no periodic checkpoint exists, so the
+    resumed attempt can only start from the one the signal made at the current iteration."""
     iterations = 40
     path = _write_spec(
         tmp_path,
         slurm_cluster,
-        "preempt",
+        "signal",
         grid={"train.seed": [0]},
-        overrides={"train.iterations": iterations, "train.eval_every": 20, "train.checkpoint_every": 4},
+        overrides={
+            "train.iterations": iterations,
+            "train.eval_every": 20,
+            "train.checkpoint_every": 0,
+            "data.num_workers": 2,
+        },
+        slurm={"cpus_per_task": 2},
     )
     spec = load_spec(path)
     [cell] = expand_grid(spec)
@@ -244,11 +273,11 @@ def test_preempted_run_is_requeued_resumes_and_ends_bit_identical(
     client = MlflowClient(spec.tracking_uri)
     run_id = _children(spec)[cell.config_hash].info.run_id
     try:
-        # points reach MLflow at each checkpoint (the engine flushes before writing one): 8 = two checkpoints
-        _wait_for(lambda: len(_steps(client, run_id, "train/loss")) >= 8, "two checkpoints", timeout=900)
+        _wait_for(
+            lambda: re.search(r"iter [3-9]/40", _logs(spec, tail=10**7)) is not None, "the third iteration", timeout=900
+        )
         assert slurm_cluster.state(job.job_id) == "RUNNING"
-        assert len(_steps(client, run_id, "train/loss")) < iterations, "finished before the preemption"
-        job._interrupt()  # what SLURM does on preemption: SIGTERM, then submitit's USR2
+        job._interrupt(timeout=how == "timed-out")  # preempted: SIGTERM then USR2 to every process; timed out: USR2
         _wait_for(
             lambda: (
                 _squeue_state(job.job_id) == "PENDING" or slurm_cluster.state(job.job_id) in ("FAILED", "COMPLETED")
@@ -261,28 +290,24 @@ def test_preempted_run_is_requeued_resumes_and_ends_bit_identical(
         state = slurm_cluster.wait(job.job_id, timeout=900)
     finally:
         subprocess.run(["scancel", job.job_id], check=False)  # no-op once it has ended
-    logs = _logs(spec)
-    assert state == "COMPLETED", logs
-    assert "Requeued job" in logs, logs
+    logs = _logs(spec, tail=10**7)
+    assert state == "COMPLETED", logs[-6000:]
+    assert logs.count("Requeued job") == 1, logs  # rank 0's main process alone, once; no worker requeued
+    [stopped] = re.findall(r"stop requested: checkpoint at iteration (\d+)", logs)
+    first_attempt = logs[: logs.index("stop requested")]
+    assert int(stopped) == max(int(i) for i in re.findall(r"iter (\d+)/40", first_attempt)), logs  # its iteration
 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED", run.data.tags.get("failure_reason")
-    assert int(run.data.tags["restart_count"]) >= 1  # the second attempt ran with SLURM_RESTART_COUNT set
+    assert int(run.data.tags["restart_count"]) == 1  # the second attempt ran with SLURM_RESTART_COUNT set
     assert len(_children(spec)) == 1  # the same MLflow run, not a new one
     assert _steps(client, run_id, "train/loss") == list(range(1, iterations + 1))  # each step exactly once
-    assert _steps(client, run_id, "val/mIoU") == [20, 40]
+    assert _steps(client, run_id, "val/mIoU") == [20, 40]  # a validation a stop skipped runs after the resume
     resumed = load_checkpoint(cell.run_dir / "checkpoint.pt")
     assert resumed["iteration"] == iterations
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(THREADS))
-    try:
-        reference = train(cell.config, tmp_path / "reference", None, progress="lines")
-    finally:
-        torch.set_num_threads(threads)
-    assert reference.status == "finished"
-    expected = load_checkpoint(tmp_path / "reference" / "checkpoint.pt")["model"]
+    expected, metrics = _reference(cell, tmp_path)
     assert resumed["model"].keys() == expected.keys()
     different = [k for k in expected if not torch.equal(resumed["model"][k], expected[k])]
     assert not different, f"{len(different)} of {len(expected)} tensors differ, e.g. {different[:3]}"
-    assert resumed["final_metrics"] == reference.metrics
+    assert resumed["final_metrics"] == metrics
