@@ -90,8 +90,12 @@ def _train_args(data: Path, run_dir: Path, **extra: object) -> list[str]:
 
 
 def _submit_script(cluster: LocalCluster, script: str, args: list[str], cwd: Path, **env: str) -> str:
-    # DEVICE=cpu: the local cluster's GPUs are fake (slurm/local-cluster/README.md says so to its users)
-    return cluster.sbatch(str(SCRIPTS / script), *args, cwd=cwd, env={"PYTHON": sys.executable, "DEVICE": "cpu", **env})
+    # DEVICE=cpu: the local cluster's GPUs are fake (slurm/local-cluster/README.md says so to its users); the rest
+    # is what a user's shell may hold (a torchrun session): sbatch passes it on, the scripts must not use it
+    shell = {"MASTER_PORT": "29500", "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"}
+    return cluster.sbatch(
+        str(SCRIPTS / script), *args, cwd=cwd, env={"PYTHON": sys.executable, "DEVICE": "cpu", **shell, **env}
+    )
 
 
 @pytest.mark.slurm
@@ -103,7 +107,9 @@ def test_train_then_evaluate_sbatch_with_two_ranks(
     job = _submit_script(slurm_cluster, "train.sbatch", _train_args(tiny_data, run_dir), tmp_path)
     assert slurm_cluster.wait(job) == "COMPLETED", (tmp_path / f"deeplab-train-{job}.out").read_text()
     log = (tmp_path / f"deeplab-train-{job}.out").read_text()
-    assert re.search(rf"job {job} attempt 1 on {slurm_cluster.node}, 2 ranks, rendezvous \S+:\d+", log)
+    port = re.search(rf"job {job} attempt 1 on {slurm_cluster.node}, 2 ranks, rendezvous \S+:(\d+)", log).group(1)
+    assert port != "29500", log  # the job's port, not the one the submitting shell exported
+    assert len(re.findall(rf"deeplab: rank [01]/2 .* backend gloo, rendezvous \S+:{port}, \d+ data workers", log)) == 2
     assert load_checkpoint(run_dir / "checkpoint.pt")["iteration"] == 6
 
     out = tmp_path / "eval"

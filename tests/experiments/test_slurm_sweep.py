@@ -58,9 +58,14 @@ def _write_spec(
     return path
 
 
-def _env() -> dict[str, str]:
+# what a user's shell may have exported (a torchrun session, a tutorial): sbatch passes it on to the jobs, which
+# must take their rendezvous from SLURM all the same
+SHELL_NOISE = {"MASTER_PORT": "29500", "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"}
+
+
+def _env(shell_noise: bool = True) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return {**env, "OMP_NUM_THREADS": THREADS}  # sbatch passes the environment on to the jobs
+    return {**env, "OMP_NUM_THREADS": THREADS, **(SHELL_NOISE if shell_noise else {})}
 
 
 def _cli(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
@@ -220,6 +225,12 @@ def test_two_task_job_trains_as_two_ddp_ranks(slurm_cluster: LocalCluster, tmp_p
     folder = spec.runs_root / spec.name / ".submitit"
     rank1 = (folder / f"{job}_1_log.out").read_text()
     assert "global_rank=1(2)" in rank1 and "Job completed successfully" in rank1  # rank 1 ran and ended well
+    # each rank says where it runs; the rendezvous is the job's, not the submitting shell's MASTER_PORT
+    line = re.search(r"deeplab: rank 1/2 \(local 1\) on .*", rank1).group(0)
+    port = int(re.search(r"rendezvous \S+:(\d+)", line).group(1))
+    assert "device cpu, backend gloo" in line and port != int(SHELL_NOISE["MASTER_PORT"]), line
+    script = next(folder.glob(f"{job}_submission.sh")).read_text()  # srun is told the CPUs again, lead 300 s
+    assert "--cpus-per-task=1" in script.split("srun", 1)[1] and "--signal=USR2@300" in script, script
 
 
 _REFERENCE: dict[str, Any] = {}  # the uninterrupted run both signal tests compare with, trained once
@@ -265,7 +276,7 @@ def test_a_signalled_run_checkpoints_its_iteration_requeues_once_and_ends_bit_id
     )
     spec = load_spec(path)
     [cell] = expand_grid(spec)
-    for key, value in _env().items():
+    for key, value in _env(shell_noise=False).items():  # the reference trains in this process
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(REPO)
