@@ -64,7 +64,7 @@ def _bounds(looks: tuple[int, ...], cumulative: tuple[float, ...]) -> tuple[floa
 
         def excess(c: float, k: int = k, step: float = step, below: float = below) -> float:
             upper = np.array([*bounds, c])
-            joint = sps.multivariate_normal.cdf(upper, cov=cov[: k + 1, : k + 1], abseps=1e-6, releps=0, rng=rng)
+            joint = sps.multivariate_normal.cdf(upper, cov=cov[: k + 1, : k + 1], abseps=1e-5, releps=0, rng=rng)
             return below - joint - step
 
         # P(Z_k ≥ c) − cumulative[k−1] ≤ step ≤ P(Z_k ≥ c) brackets the root

@@ -41,7 +41,10 @@ def _draws(design: SequentialDesign, delta, sd_a, sd_b, correlation, replicates,
     n = design.cap
     z_a = rng.standard_normal((replicates, n))
     z_b = correlation * z_a + math.sqrt(1 - correlation**2) * rng.standard_normal((replicates, n))
-    a, b = delta + sd_a * z_a, sd_b * z_b
+    return delta + sd_a * z_a, sd_b * z_b
+
+
+def _sums(design: SequentialDesign, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
     cums = [np.cumsum(x, axis=1) for x in (a, b, a * a, b * b)]
     if design.paired:
         d = a - b
@@ -98,7 +101,7 @@ def simulate(
     sd_b = sd_a if sd_b is None else sd_b
     used = np.concatenate(
         [
-            _chunk(design, _draws(design, delta, sd_a, sd_b, correlation, min(CHUNK, replicates - start), rng))
+            outcomes(design, *_draws(design, delta, sd_a, sd_b, correlation, min(CHUNK, replicates - start), rng))
             for start in range(0, replicates, CHUNK)
         ]
     )
@@ -113,8 +116,12 @@ def simulate(
     )
 
 
-def _chunk(design: SequentialDesign, cums: tuple[np.ndarray, ...]) -> np.ndarray:
-    """Seeds per backbone at each replicate's stop, negative where it stopped for equivalence."""
+def outcomes(design: SequentialDesign, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Seeds per backbone at each row's stop, negative where it stopped showing equivalence.
+
+    ``a`` and ``b``: (replicates, design.cap) per-seed values in seed order; analysis.sequential.analyse on a row
+    makes the same decision (tested)."""
+    cums = _sums(design, np.asarray(a, dtype=float), np.asarray(b, dtype=float))
     replicates = len(cums[0])
     used, shown = np.zeros(replicates, dtype=int), np.zeros(replicates, dtype=bool)
     everyone = np.arange(replicates)
