@@ -298,7 +298,7 @@ class DesignRow:
     delta: float
     fixed: Simulated
     sequential: Simulated | None
-    paired: dict[str, float] = field(default_factory=dict)  # analysis → P(equivalence), sequential design
+    paired: dict[float, tuple[float, float]] = field(default_factory=dict)  # ρ → P(equiv.): Welch, paired
 
 
 @dataclass
@@ -351,9 +351,9 @@ def plan_designs(plan: Plan, store_sd: float | None, replicates: int = REPLICATE
             row = DesignRow(sd, delta, run(fixed), run(sequential) if sequential else None)
             if spec.paired and sequential and delta in (0.0, gap):
                 welch = dataclasses.replace(sequential, paired=False)
-                row.paired = {"Welch": run(welch).p_equivalent} | {
-                    f"paired ρ {rho:g}": run(sequential, correlation=rho).p_equivalent for rho in (0.0, 0.3, 0.6)
-                }
+                for rho in (0.0, 0.3, 0.6):  # Welch ignores the correlation, but its power moves with it too
+                    both = run(welch, correlation=rho).p_equivalent, run(sequential, correlation=rho).p_equivalent
+                    row.paired[rho] = both
             rows.append(row)
     return Designs(fixed, sequential, seed_cost, sds, gap, rows, replicates)
 
@@ -366,7 +366,7 @@ def format_designs(d: Designs) -> list[str]:
     """The design comparison as `experiments plan` prints it."""
     fixed_n, seq = d.fixed.looks[0], d.sequential
     lines = ["", f"designs, in GPU-hours ({d.seed_cost:.1f} per seed of both backbones, every comparison included):"]
-    test = "paired t" if d.fixed.paired else "Welch"
+    test = "paired t (ρ 0 in the table; by ρ below)" if d.fixed.paired else "Welch"
     lines.append(f"  fixed: {fixed_n} seeds per backbone, {test} TOST at α = {d.fixed.alpha:g} per side")
     if seq is None:
         lines.append("  sequential: none in the spec (analysis.sequential: {looks: [...], spending: obrien-fleming})")
@@ -395,8 +395,8 @@ def format_designs(d: Designs) -> list[str]:
     lines += [f"  sd {sd:.2f}: {source}" for sd, source in sorted(d.sd_sources.items())]
     paired = [r for r in d.rows if r.paired]
     if paired:
-        lines.append("  analysis.paired: sequential P(equiv.), Welch vs paired at a correlation ρ of paired seeds")
+        lines.append("  analysis.paired: sequential P(equiv.), Welch / paired, by the correlation ρ of paired seeds")
         for r in paired:
-            cells = ", ".join(f"{name} {p:.3f}" for name, p in r.paired.items())
+            cells = ", ".join(f"ρ {rho:g}: {welch:.3f} / {both:.3f}" for rho, (welch, both) in r.paired.items())
             lines.append(f"    sd {r.sd:.2f} |Δ| {r.delta:.2f}: {cells}")
     return lines
