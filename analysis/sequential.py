@@ -216,3 +216,18 @@ def analyse(a: np.ndarray, b: np.ndarray, design: SequentialDesign) -> list[Look
             current = design.after_pilot(pooled)
         k += 1
     return looks
+
+
+def decision(looks: list[Look], design: SequentialDesign) -> str:
+    """What the looks so far say: equivalent, not equivalent (futility or the last look), or how many seeds next."""
+    if not looks:
+        return f"continue: the first look needs {design.looks[0]} seeds per backbone"
+    last, current = looks[-1], design.after_pilot(looks[0].pooled_sd)
+    interval = f"RCI {last.rci_low:+.2f}…{last.rci_high:+.2f}"
+    if last.equivalent:
+        return f"equivalent at look {last.k} ({last.n} seeds per backbone): {interval} inside ±{design.margin:g}"
+    if last.futile:
+        return f"not equivalent: futility at look {last.k} ({last.n} seeds per backbone), Δ̂ {last.delta:+.2f}"
+    if last.k == len(current.looks):
+        return f"not equivalent at the last look ({last.n} seeds per backbone): {interval}"
+    return f"continue: look {last.k + 1} needs {current.looks[last.k]} seeds per backbone"

@@ -15,7 +15,7 @@ import pytest
 from scipy import stats as sps
 
 from analysis.power import tost_power
-from analysis.sequential import SequentialDesign, analyse, boundaries, raised_maximum, spent_alpha
+from analysis.sequential import SequentialDesign, analyse, boundaries, decision, raised_maximum, spent_alpha
 from analysis.sequential_sim import outcomes, simulate
 from analysis.stats import tost_equivalence
 
@@ -115,6 +115,10 @@ def test_analyse_decides_as_the_vectorised_simulation() -> None:
         assert (looks[-1].n, looks[-1].equivalent) == (abs(stop), stop < 0)
         assert [look.equivalent or look.futile for look in looks[:-1]] == [False] * (len(looks) - 1)
     assert len(set(np.abs(stops))) > 4  # the rows stopped at several looks, raised maxima among them
+    assert decision(analyse(a[0][:3], b[0][:3], PILOT), PILOT).startswith("continue: the first look needs 4")
+    words = {decision(analyse(a[row], b[row], PILOT), PILOT).split(" ")[0] for row in range(40)}
+    assert words == {"equivalent", "not"}
+    assert decision(analyse(a[0][:4], b[0][:4], FUTILITY), FUTILITY) == "continue: look 2 needs 8 seeds per backbone"
 
 
 def test_a_single_look_is_the_projects_tost_and_every_look_has_its_rci() -> None:
