@@ -143,7 +143,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     from experiments.plan import format_plan, plan_study
 
-    plan = plan_study(spec, args.tracking_uri, sd=args.sd, margin=args.margin, delta=args.delta)
+    plan = plan_study(
+        spec, args.tracking_uri, sd=args.sd, margin=args.margin, delta=args.delta, replicates=args.replicates
+    )
     print(format_plan(plan))
     return 0
 
@@ -201,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sd", type=_positive, default=None, help="run-to-run sd in points (default: store, else evidence)")
     p.add_argument("--margin", type=_positive, default=None, help="equivalence margin (default: analysis.margin)")
     p.add_argument("--delta", type=float, default=0.25, help="a true difference to show the power at as well")
+    p.add_argument(
+        "--replicates",
+        type=int_in(1000, 10_000_000),
+        default=20_000,
+        help="simulated studies per design figure (default 20000: se ≤ 0.0036)",
+    )
     p.add_argument("--tracking-uri", **uri)
     p.set_defaults(func=_cmd_plan)
 

@@ -14,9 +14,13 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from experiments.spec import RunSpec, SweepSpec, expand_grid
+
+if TYPE_CHECKING:
+    from analysis.sequential import SequentialDesign
+    from analysis.sequential_sim import Simulated
 
 ANCHOR_S_PER_IT = 0.82  # the fork's log: ~82 s per 100 iterations
 ANCHOR = (
@@ -25,6 +29,7 @@ ANCHOR = (
 )
 ANCHOR_CROP, ANCHOR_BATCH = (768, 768), 4
 DEFAULT_MARGIN = 0.5
+REPLICATES = 20_000  # per simulated design figure: se ≤ 0.0036 on a probability
 
 
 @dataclass
@@ -66,6 +71,7 @@ class Plan:
     seeds_needed: int | None = None  # per backbone per comparison, for 80% power at Δ = 0
     seeds_needed_at_delta: int | None = None
     notes: list[str] = field(default_factory=list)
+    designs: Designs | None = None  # fixed vs sequential over true Δ and sd (plan_designs)
 
     @property
     def gpu_hours(self) -> float:
@@ -163,6 +169,7 @@ def plan_study(
     margin: float | None = None,
     delta: float = 0.25,
     alpha: float = 0.05,
+    replicates: int = REPLICATES,
 ) -> Plan:
     """Cost and power of a sweep spec (see the module docstring for where each number comes from)."""
     from analysis.power import seeds_for_power, tost_power
@@ -188,9 +195,10 @@ def plan_study(
         margin, margin_source = spec.margin, "the spec's analysis.margin"
     else:
         margin, margin_source = DEFAULT_MARGIN, "default: the spec has no analysis.margin"
+    store_sd = _store_sd(runs, frame, notes)
     if sd is not None:
         sd_source = "--sd"
-    elif (sd := _store_sd(runs, frame, notes)) is not None:
+    elif (sd := store_sd) is not None:
         sd_source = "the store: pooled over seeds of this grid's finished runs"
     else:
         sd, sd_source = _evidence_sd(), "the evidence: the seed fork plateaus' validation noise (analysis evidence)"
@@ -207,6 +215,7 @@ def plan_study(
             plan.comparisons.append(Comparison(values, n_a, n_b, power, tost_power(n_a, n_b, sd, margin, delta, alpha)))
     plan.seeds_needed = seeds_for_power(sd, margin, 0.0, alpha)
     plan.seeds_needed_at_delta = seeds_for_power(sd, margin, delta, alpha)
+    plan.designs = plan_designs(plan, store_sd, replicates)
     return plan
 
 
@@ -251,6 +260,7 @@ def format_plan(plan: Plan) -> str:
             f"{c.power_at_delta:.2f} at Δ = {plan.delta:g}"
         )
     lines.append(_needed(plan))
+    lines += format_designs(plan.designs) if plan.designs else []
     lines += [f"  note: {note}" for note in plan.notes]
     return "\n".join(lines)
 
@@ -270,3 +280,123 @@ def _needed(plan: Plan) -> str:
         f"show ±{plan.margin:g} equivalence. With {plan.seeds_needed} seeds per cell it would take "
         f"{plan.seeds_needed * per_seed:,.0f} GPU-hours"
     )
+
+
+# ---- fixed vs sequential design, in GPU-hours (issue 19 §2) -------------------------------------------------
+# The statistics are analysis.sequential's (imported from analysis/ as the power above is, until the planner's
+# statistics side moves there: experiments/ is to import nothing from analysis/).
+DELTAS = (0.0, 0.25, 0.5, 1.0)  # true |res50 − res101| in points; the evidence's pooled gap is added
+SDS = (
+    (0.3, "assumed: a quieter recipe than the evidence suggests"),
+    (0.7, "one public re-run: mmsegmentation #87 (78.59 vs the table's 79.61) read as seed noise"),
+)
+
+
+@dataclass
+class DesignRow:
+    sd: float
+    delta: float
+    fixed: Simulated
+    sequential: Simulated | None
+    paired: dict[float, tuple[float, float]] = field(default_factory=dict)  # ρ → P(equiv.): Welch, paired
+
+
+@dataclass
+class Designs:
+    fixed: SequentialDesign  # one look at the grid's seeds
+    sequential: SequentialDesign | None
+    seed_cost: float  # GPU-hours of one more seed of both backbones, all comparisons together
+    sd_sources: dict[float, str]
+    gap: float
+    rows: list[DesignRow]
+    replicates: int
+
+
+@functools.cache
+def _evidence_gap() -> float:
+    """The public evidence's pooled res101 − res50 gap (points; analysis evidence, random effects)."""
+    from analysis.evidence import gather_evidence
+
+    return gather_evidence().pooled.random
+
+
+def plan_designs(plan: Plan, store_sd: float | None, replicates: int = REPLICATES) -> Designs | None:
+    """The fixed design and the spec's sequential one simulated over true Δ and sd (None: nothing to compare)."""
+    from analysis.sequential import SequentialDesign
+    from analysis.sequential_sim import simulate
+
+    spec = plan.spec
+    if not plan.comparisons:
+        return None
+    compared = [c for c in plan.cells if c.values.get("model.backbone") in ("resnet50", "resnet101")]
+    seed_cost = sum(c.gpu_hours(plan.gpus) / len(c.runs) for c in compared)
+    n = plan.comparisons[0].n_a
+    common = {"margin": plan.margin, "alpha": plan.alpha, "paired": spec.paired}
+    fixed = SequentialDesign((n,), **common)
+    seq = spec.sequential
+    sequential = None if seq is None else SequentialDesign(seq.looks, **common, **_design_fields(seq))
+    sds = {
+        0.3: SDS[0][1],
+        round(_evidence_sd(), 2): "the evidence: the fork plateaus' validation noise",
+        0.7: SDS[1][1],
+    }
+    if store_sd is not None:
+        sds[round(store_sd, 2)] = "the store: pooled over seeds of this grid's finished runs"
+    sds.setdefault(round(plan.sd, 2), plan.sd_source)
+    gap = round(abs(_evidence_gap()), 2)
+    rows = []
+    for sd in sorted(sds):
+        for delta in sorted({*DELTAS, gap}):
+            run = functools.partial(simulate, delta=delta, sd_a=sd, replicates=replicates, seed=1)
+            row = DesignRow(sd, delta, run(fixed), run(sequential) if sequential else None)
+            if spec.paired and sequential and delta in (0.0, gap):
+                welch = dataclasses.replace(sequential, paired=False)
+                for rho in (0.0, 0.3, 0.6):  # Welch ignores the correlation, but its power moves with it too
+                    both = run(welch, correlation=rho).p_equivalent, run(sequential, correlation=rho).p_equivalent
+                    row.paired[rho] = both
+            rows.append(row)
+    return Designs(fixed, sequential, seed_cost, sds, gap, rows, replicates)
+
+
+def _design_fields(seq: Any) -> dict[str, Any]:
+    return {k: getattr(seq, k) for k in ("spending", "futility", "max_seeds", "planning_sd")}
+
+
+def format_designs(d: Designs) -> list[str]:
+    """The design comparison as `experiments plan` prints it."""
+    fixed_n, seq = d.fixed.looks[0], d.sequential
+    lines = ["", f"designs, in GPU-hours ({d.seed_cost:.1f} per seed of both backbones, every comparison included):"]
+    test = "paired t (ρ 0 in the table; by ρ below)" if d.fixed.paired else "Welch"
+    lines.append(f"  fixed: {fixed_n} seeds per backbone, {test} TOST at α = {d.fixed.alpha:g} per side")
+    if seq is None:
+        lines.append("  sequential: none in the spec (analysis.sequential: {looks: [...], spending: obrien-fleming})")
+    else:
+        pilot = f", pilot may raise the maximum to {seq.cap} when the first look's sd exceeds {seq.planning_sd}"
+        lines.append(
+            f"  sequential: looks at {'/'.join(map(str, seq.looks))} seeds, {seq.spending} spending "
+            f"(nominal p {', '.join(f'{p:.4f}' for p in seq.nominal())})"
+            f"{', futility: stop when |Δ̂| ≥ margin from look 2' if seq.futility else ''}{pilot if seq.pilot else ''}"
+        )
+    lines += [
+        f"  P(equiv.) = P(equivalence shown); at |Δ| ≥ {d.fixed.margin:g} it is the error rate. Simulated, "
+        f"{d.replicates:,} replicates each (se ≤ {0.5 / math.sqrt(d.replicates):.4f}); Δ sign-symmetric; "
+        f"{d.gap:g} = the evidence's pooled gap",
+        f"  {'sd':>5} {'|Δ|':>5} │ {'fixed P(equiv.)':>15} {'GPU-h':>7} │ {'seq. P(equiv.)':>14} {'E[GPU-h]':>9} "
+        f"{'max GPU-h':>9} {'E[seeds]':>8}",
+    ]
+    for r in d.rows:
+        text = f"  {r.sd:>5.2f} {r.delta:>5.2f} │ {r.fixed.p_equivalent:>15.3f} {fixed_n * d.seed_cost:>7,.0f} │"
+        if r.sequential is not None:
+            text += (
+                f" {r.sequential.p_equivalent:>14.3f} {r.sequential.expected_seeds * d.seed_cost:>9,.0f} "
+                f"{seq.cap * d.seed_cost:>9,.0f} {r.sequential.expected_seeds:>8.1f}"
+            )
+        lines.append(text)
+    lines += [f"  sd {sd:.2f}: {source}" for sd, source in sorted(d.sd_sources.items())]
+    paired = [r for r in d.rows if r.paired]
+    if paired:
+        lines.append("  analysis.paired: sequential P(equiv.), Welch / paired, by the correlation ρ of paired seeds")
+        for r in paired:
+            cells = ", ".join(f"ρ {rho:g}: {welch:.3f} / {both:.3f}" for rho, (welch, both) in r.paired.items())
+            lines.append(f"    sd {r.sd:.2f} |Δ| {r.delta:.2f}: {cells}")
+    return lines

@@ -45,6 +45,24 @@ class LocalSpec:
     threads_per_job: int = 0  # 0 = cores / parallelism
 
 
+# analysis.sequential.SPENDING, written out: experiments/ is to import nothing from analysis/ (a test keeps them equal)
+SPENDING = ("obrien-fleming", "pocock")
+MAX_LOOKS = 6
+
+
+@dataclass(frozen=True)
+class SequentialSpec:
+    """analysis.sequential: looks at these seeds per backbone (the last = the grid's seeds), Lan-DeMets spending,
+    optional non-binding futility, and a pilot: the first look's sd may raise the maximum to ``max_seeds``
+    when it exceeds ``planning_sd``, the sd the looks were sized for."""
+
+    looks: tuple[int, ...]
+    spending: str = "obrien-fleming"
+    futility: bool = False
+    max_seeds: int | None = None
+    planning_sd: float | None = None
+
+
 @dataclass
 class SweepSpec:
     name: str
@@ -57,6 +75,8 @@ class SweepSpec:
     tracking_uri: str | None = None
     path: Path | None = None
     margin: float | None = None  # analysis.margin: the equivalence margin in mIoU points the study is sized for
+    paired: bool = False  # analysis.paired: seed i of each backbone paired (shared data order and augmentation)
+    sequential: SequentialSpec | None = None  # analysis.sequential
 
     @property
     def experiment(self) -> str:
@@ -150,10 +170,14 @@ def load_spec(path: str | Path) -> SweepSpec:
     analysis = data.get("analysis") or {}
     if not isinstance(analysis, dict):
         raise ExperimentsError(f"sweep spec {path}: analysis must be a mapping, e.g. {{margin: 0.5}}")
-    _unknown(analysis, {"margin"}, f"sweep spec {path}: analysis")
+    _unknown(analysis, {"margin", "paired", "sequential"}, f"sweep spec {path}: analysis")
     margin = analysis.get("margin")
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 < margin < 1e9):
+    if margin is not None and not _positive(margin):
         raise ExperimentsError(f"sweep spec {path}: analysis.margin must be a positive number (points), got {margin!r}")
+    paired = analysis.get("paired", False)
+    if not isinstance(paired, bool):
+        raise ExperimentsError(f"sweep spec {path}: analysis.paired must be true or false, got {paired!r}")
+    sequential = _sequential(analysis.get("sequential"), grid, f"sweep spec {path}: analysis.sequential")
     base = (path.parent / data["base"]).resolve()
     _check_keys(path, base, grid, "grid")
     _check_keys(path, base, data.get("overrides") or {}, "overrides")
@@ -168,7 +192,54 @@ def load_spec(path: str | Path) -> SweepSpec:
         tracking_uri=tracking.get("uri"),
         path=path.resolve(),
         margin=float(margin) if margin is not None else None,
+        paired=paired,
+        sequential=sequential,
     )
+
+
+def _positive(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and 0 < value < 1e9
+
+
+def _sequential(data: Any, grid: dict[str, list[Any]], where: str) -> SequentialSpec | None:
+    """analysis.sequential, validated: every error names the field."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ExperimentsError(f"{where} must be a mapping, e.g. {{looks: [4, 8, 12, 16], spending: obrien-fleming}}")
+    _unknown(data, {f.name for f in dataclasses.fields(SequentialSpec)}, where)
+    looks = data.get("looks")
+    if (
+        not isinstance(looks, list)
+        or not 0 < len(looks) <= MAX_LOOKS
+        or not all(isinstance(n, int) and not isinstance(n, bool) for n in looks)
+        or looks[0] < 2
+        or any(b <= a for a, b in itertools.pairwise(looks))
+    ):
+        raise ExperimentsError(
+            f"{where}.looks must be 1 to {MAX_LOOKS} increasing seed counts per backbone from 2, got {looks!r}"
+        )
+    seeds = grid.get("train.seed")
+    if isinstance(seeds, list) and len(seeds) != looks[-1]:
+        raise ExperimentsError(f"{where}.looks must end at the grid's {len(seeds)} seeds, got {looks[-1]}")
+    spending = data.get("spending", "obrien-fleming")
+    if spending not in SPENDING:
+        raise ExperimentsError(f"{where}.spending must be one of {', '.join(SPENDING)}, got {spending!r}")
+    futility = data.get("futility", False)
+    if not isinstance(futility, bool):
+        raise ExperimentsError(f"{where}.futility must be true or false, got {futility!r}")
+    max_seeds, sd = data.get("max_seeds"), data.get("planning_sd")
+    if max_seeds is not None and (
+        isinstance(max_seeds, bool) or not isinstance(max_seeds, int) or max_seeds < looks[-1]
+    ):
+        raise ExperimentsError(
+            f"{where}.max_seeds must be a whole number ≥ the last look ({looks[-1]}), got {max_seeds!r}"
+        )
+    if sd is not None and not _positive(sd):
+        raise ExperimentsError(f"{where}.planning_sd must be a positive number (points), got {sd!r}")
+    if max_seeds is not None and max_seeds > looks[-1] and sd is None:
+        raise ExperimentsError(f"{where}.planning_sd: needed when max_seeds lets the pilot raise the maximum")
+    return SequentialSpec(tuple(looks), spending, futility, max_seeds, float(sd) if sd is not None else None)
 
 
 def _check_keys(path: Path, base: Path, section: dict[str, Any], where: str) -> None:

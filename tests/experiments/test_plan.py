@@ -17,10 +17,12 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from analysis.power import seeds_for_power, tost_power
+from analysis.sequential import SPENDING as analysis_spending
 from analysis.stats import tost_equivalence
 from deeplab.model import model_info
+from experiments.errors import ExperimentsError
 from experiments.plan import ANCHOR_S_PER_IT, format_plan, plan_study
-from experiments.spec import expand_grid, load_spec
+from experiments.spec import SPENDING, expand_grid, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY = REPO / "experiments" / "sweeps" / "r50_vs_r101_cityscapes.yaml"
@@ -51,7 +53,7 @@ def test_seeds_for_power_is_the_smallest_that_reaches_it() -> None:
 
 def test_the_shipped_study_is_sized_for_its_margin() -> None:
     spec = load_spec(STUDY)
-    plan = plan_study(spec, "sqlite:////nonexistent/mlflow.db")  # no store: the anchor and the evidence
+    plan = plan_study(spec, "sqlite:////nonexistent/mlflow.db", replicates=4000)  # no store: anchor and evidence
     cfg = expand_grid(spec)[0].config
     flops = {b: model_info(dataclasses.replace(cfg.model, backbone=b), (768, 768)) for b in ("resnet50", "resnet101")}
     ratio = flops["resnet101"]["flops_per_forward"] / flops["resnet50"]["flops_per_forward"]
@@ -66,15 +68,35 @@ def test_the_shipped_study_is_sized_for_its_margin() -> None:
     assert plan.seeds_needed <= 16
     text = format_plan(plan)
     assert "store: nothing measured" in text and "UNDERPOWERED" not in text and "this grid has them" in text
+    _check_designs(plan, text)
     schedules = plan_study(
-        load_spec(REPO / "experiments" / "sweeps" / "r50_vs_r101_schedules.yaml"), "sqlite:////x/y.db"
+        load_spec(REPO / "experiments" / "sweeps" / "r50_vs_r101_schedules.yaml"), "sqlite:////x/y.db", replicates=1000
     )
     assert all(c.power < 0.1 for c in schedules.comparisons) and "UNDERPOWERED" in format_plan(schedules)
+
+
+def _check_designs(plan, text: str) -> None:
+    """The shipped study is sequential; fixed and sequential side by side over Δ and sd (4000 replicates per
+    figure: se ≤ 0.008 on a probability, ≤ 0.15 seeds)."""
+    d = plan.designs
+    assert d.sequential.looks == (4, 8, 12, 16) and d.sequential.futility and d.sequential.cap == 40
+    assert {r.sd for r in d.rows} == {0.3, 0.46, 0.7} and 0.5 < d.gap < 0.75
+    assert {r.delta for r in d.rows} == {0.0, 0.25, 0.5, d.gap, 1.0}
+    row = {(r.sd, r.delta): r for r in d.rows}
+    assert 16 * d.seed_cost == pytest.approx(plan.gpu_hours)
+    assert row[0.46, d.gap].sequential.expected_seeds < 13.5 < 16  # the evidence's gap: stops early (~11.9)
+    assert row[0.7, 0.0].sequential.p_equivalent > row[0.7, 0.0].fixed.p_equivalent + 0.25  # ~0.65 vs ~0.26
+    for r in d.rows:
+        if r.delta >= 0.5:
+            assert max(r.fixed.p_equivalent, r.sequential.p_equivalent) <= 0.05 + 4 * math.sqrt(0.05 * 0.95 / 4000)
+    assert "designs, in GPU-hours" in text and "pilot may raise the maximum to 40" in text
+    assert "sd 0.70: one public re-run" in text and "sd 0.46: the evidence" in text
 
 
 def _spec(tmp_path: Path) -> Path:
     spec = yaml.safe_load(STUDY.read_text())
     spec |= {"name": "planned", "base": str(REPO / "configs" / "cityscapes_r101_seed.yaml")}
+    spec["analysis"] = {"margin": 0.5}
     spec["grid"] = {"model.backbone": ["resnet50", "resnet101"], "train.iterations": [2000, 4000], "train.seed": [0, 1]}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -95,21 +117,74 @@ def test_measured_runs_in_the_store_replace_the_anchor(tmp_path: Path) -> None:
         points = [Metric("train/lr", 0.01, start, 1), Metric("val/mIoU", miou, start + 1_800_000, 2000)]
         client.log_batch(made.info.run_id, metrics=points, params=[Param(k, v) for k, v in params.items()])
         client.set_terminated(made.info.run_id, "FINISHED", end_time=start + 1_800_000)  # 1800 s, 2000 iterations
-    plan = plan_study(spec, uri)
+    plan = plan_study(spec, uri, replicates=1000)
     cells = {(c.values["model.backbone"], c.iterations): c for c in plan.cells}
     for iterations in (2000, 4000):  # the schedule does not change s/iteration
         assert cells["resnet50", iterations].s_per_it == pytest.approx(0.9)
         assert cells["resnet50", iterations].source.startswith("measured: median of 2")
         assert cells["resnet101", iterations].source.startswith("anchor")
     assert plan.sd == pytest.approx(np.std([78.0, 78.6], ddof=1)) and plan.sd_source.startswith("the store")
-    assert plan_study(spec, uri, sd=0.7).sd == 0.7
+    assert plan_study(spec, uri, sd=0.7, replicates=1000).sd == 0.7
 
 
 def test_the_cli_prints_the_plan_and_refuses_bad_input(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "experiments", "plan", str(_spec(tmp_path)), "--tracking-uri", "sqlite:////x/y.db"]
+    argv += ["--replicates", "1000"]
     done = subprocess.run([*argv, "--sd", "0.4"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "8 runs: 4 cells × 2 seeds" in done.stdout and "from --sd" in done.stdout
     assert "it=2000: 2 vs 2 seeds → power " in done.stdout and "UNDERPOWERED" in done.stdout
     bad = subprocess.run([*argv, "--sd", "-1"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--sd: must be positive" in bad.stderr
+
+
+def _write(tmp_path: Path, analysis: dict, seeds: int = 16) -> Path:
+    spec = yaml.safe_load(STUDY.read_text())
+    spec |= {"base": str(REPO / "configs" / "cityscapes_r101_seed.yaml"), "analysis": analysis}
+    spec["grid"]["train.seed"] = list(range(seeds))
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sequential", "message"),
+    [
+        ({"looks": [4, 4, 16]}, "analysis.sequential.looks must be 1 to 6 increasing seed counts"),
+        ({"looks": [4, 8, 12]}, "analysis.sequential.looks must end at the grid's 16 seeds, got 12"),
+        (
+            {"looks": [16], "spending": "haybittle"},
+            "analysis.sequential.spending must be one of obrien-fleming, pocock",
+        ),
+        ({"looks": [8, 16], "futility": "yes"}, "analysis.sequential.futility must be true or false"),
+        ({"looks": [8, 16], "max_seeds": 12}, "analysis.sequential.max_seeds must be a whole number ≥ the last look"),
+        ({"looks": [8, 16], "max_seeds": 32}, "analysis.sequential.planning_sd: needed when max_seeds"),
+        ({"looks": [8, 16], "planning_sd": -1}, "analysis.sequential.planning_sd must be a positive number"),
+        ({"look": [8, 16]}, "analysis.sequential: unknown key 'look' (did you mean looks?)"),
+        ([4, 8], "analysis.sequential must be a mapping"),
+    ],
+)
+def test_a_bad_sequential_section_is_one_line_naming_the_field(tmp_path: Path, sequential, message: str) -> None:
+    with pytest.raises(ExperimentsError) as err:
+        load_spec(_write(tmp_path, {"margin": 0.5, "sequential": sequential}))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_spec_names_the_spending_functions_analysis_knows() -> None:
+    assert analysis_spending == SPENDING
+
+
+def test_a_paired_spec_shows_the_paired_power_beside_welchs(tmp_path: Path) -> None:
+    """analysis.paired: 2000 replicates per figure (se ≤ 0.011); at ρ 0.6 the paired test gains over Welch's
+    at sd 0.7, at ρ 0 it cannot (fewer df)."""
+    sequential = {"looks": [8, 16], "futility": True}
+    with pytest.raises(ExperimentsError, match="analysis.paired must be true or false"):
+        load_spec(_write(tmp_path, {"margin": 0.5, "paired": "yes"}))
+    spec = load_spec(_write(tmp_path, {"margin": 0.5, "paired": True, "sequential": sequential}))
+    assert spec.paired and spec.sequential.looks == (8, 16) and spec.sequential.max_seeds is None
+    plan = plan_study(spec, "sqlite:////x/y.db", sd=0.46, replicates=2000)
+    rows = [r for r in plan.designs.rows if r.paired]
+    assert {r.delta for r in rows} == {0.0, plan.designs.gap}
+    at_zero = next(r for r in rows if r.delta == 0 and r.sd == 0.7).paired
+    assert at_zero[0.6][1] > at_zero[0.6][0] + 0.05 and at_zero[0.0][1] < at_zero[0.0][0] + 0.03
+    assert "analysis.paired: sequential P(equiv.), Welch / paired" in format_plan(plan)
