@@ -4,10 +4,13 @@ presets state what it says."""
 from __future__ import annotations
 
 import re
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from deeplab.config import load_config
 from deeplab.loss import build_loss
@@ -19,13 +22,38 @@ PRESETS = sorted((REPO / "configs").glob("*.yaml"))
 STATED = re.compile(r"^# GPU memory per GPU: ~(\d+\.\d) GB at (\d) ranks? \(deeplab.memory estimate", re.M)
 
 
-def test_meta_counts_what_a_cpu_forward_saves_for_backward() -> None:
+class _LiveBytes(TorchDispatchMode):
+    """Bytes of the tensors created inside the mode and still alive, and their peak (each storage once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: dict[int, int] = {}
+        self.now = self.peak = 0
+
+    def _free(self, key: int) -> None:
+        self.now -= self.sizes.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and (key := t.untyped_storage()._cdata) not in self.sizes:
+                self.sizes[key] = t.untyped_storage().nbytes()
+                self.now += self.sizes[key]
+                self.peak = max(self.peak, self.now)
+                weakref.finalize(t.untyped_storage(), self._free, key)
+        return out
+
+
+def test_meta_counts_what_a_cpu_forward_saves_and_that_is_the_forwards_peak() -> None:
     cfg = load_config(REPO / "configs" / "cityscapes_r50_seed.yaml")  # OHEM, the seed's head switches
     torch.manual_seed(0)
     model = DeepLabV3Plus(**model_kwargs(cfg.model)).train()
     images, masks = torch.randn(1, 3, 64, 64), torch.randint(0, 19, (1, 64, 64))
-    on_cpu = _saved(model, build_loss(cfg.loss), images, masks)
+    with _LiveBytes() as live:
+        on_cpu = _saved(model, build_loss(cfg.loss), images, masks)
     assert saved_bytes(cfg.model, cfg.loss, (64, 64), 1, half=False)[1:] == on_cpu
+    saved, largest = on_cpu
+    assert saved <= live.peak <= saved + 2 * largest  # what else the forward holds fits the transient allowance
 
 
 def test_activations_grow_with_batch_and_crop_and_amp_halves_the_model_part() -> None:
