@@ -8,9 +8,9 @@ the measured activation memory, not a model of it. On top come, per parameter: w
 copies (2 bytes, amp on). Gradients are alive during the forward pass, since the step zeroes them after it.
 The step peaks at the end of the forward pass (on CPU, live tensor bytes of a whole res101 step at 128×256 ×2
 came to this estimate within 1%; the test checks the forward part); backward's gradients in flight are allowed
-for as twice the largest saved tensor. amp (bf16 or fp16) is measured by
-running the model in half precision with the loss in fp32, as ``train_step`` does under CUDA autocast (convs,
-norms, activations and upsampling in half).
+for as twice the largest saved tensor. amp (bf16 or fp16) is measured by running the model in half precision
+with the loss in fp32, as ``train_step`` does under CUDA autocast (convs, norms, activations and upsampling in
+half). Validation needs less: no saved tensors (about 3 GiB of activations at 1.75 × 1024×2048, OS 8).
 
 ``allocated`` is what ``torch.cuda.max_memory_allocated`` should read (the GPU check measures it); ``gb`` is what
 the card must have: allocated + 10% for the caching allocator's fragmentation + 1 GiB of CUDA context and
