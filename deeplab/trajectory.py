@@ -88,8 +88,8 @@ def check_resume(path: Path, state: dict, now: dict) -> str | None:
     diff = changes(state["trajectory"], now)
     if not diff:
         return None
-    refused = [d for d in diff if d[0] not in accepted_keys()]
-    if not refused:
+    accepted = accepted_keys()
+    if all(key in accepted for key, _, _ in diff):
         return f"{describe(diff)} (accepted by {ACCEPT_ENV})"
     old = state["trajectory"]
     raise DeeplabError(
