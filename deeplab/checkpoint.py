@@ -76,12 +76,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def peek_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A checkpoint memory-mapped (its tensors are not read); None when there is no readable checkpoint."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing, torn or foreign
+        return None
+
+
 def checkpoint_progress(path: Path) -> tuple[int, dict[str, float] | None] | None:
     """(iteration, final metrics or None) of a checkpoint without reading its tensors; None when there is no
     readable checkpoint."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # missing, torn or foreign: no progress to report
+    state = peek_checkpoint(path)
+    if state is None:
         return None
     return int(state.get("iteration", 0)), state.get("final_metrics")
 
@@ -96,19 +103,27 @@ def weights_of(state: dict[str, Any], source: Path | str) -> dict[str, torch.Ten
 
 
 def rng_state() -> dict[str, Any]:
-    """All RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
+    """The process's RNG states, in types that ``torch.load(weights_only=True)`` accepts. CUDA: only the current
+    device's (``cuda_device``), the one this rank draws from: a resume may see fewer or other GPUs."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
     state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_device"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore ``rng_state()``; the CUDA state goes to the current device only. Checkpoints written before kept
+    every visible device's state (``cuda``, a list): the current device's entry is used when the list has one."""
     torch.set_rng_state(state["torch"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if not torch.cuda.is_available():
+        return
+    device = torch.cuda.current_device()
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif device < len(state.get("cuda", ())):
+        torch.cuda.set_rng_state(state["cuda"][device], device)

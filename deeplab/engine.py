@@ -18,8 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
-from deeplab.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from deeplab import trajectory
+from deeplab.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    peek_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from deeplab.config import Config, config_hash, flatten, save_config, to_dict
 from deeplab.data.cityscapes import CityscapesSegmentation
 from deeplab.data.loader import build_train_loader, build_val_dataset, check_data
@@ -32,6 +41,7 @@ from deeplab.distributed import (
     data_workers,
     describe_process,
     init_distributed,
+    is_distributed,
 )
 from deeplab.errors import DeeplabError
 from deeplab.lease import holds_run_dir
@@ -85,7 +95,7 @@ def signal_handlers(
             signal.signal(s, handler)
 
 
-def _resume(path: Path, cfg: Config, parts: TrainParts) -> dict:
+def _resume(path: Path, cfg: Config, parts: TrainParts, info: DistInfo, tracker: Tracker) -> dict:
     state = load_checkpoint(path)
     if state["config_hash"] != config_hash(cfg):
         old = flatten(state["config"])
@@ -96,6 +106,7 @@ def _resume(path: Path, cfg: Config, parts: TrainParts) -> dict:
         )
     if state.get("final_metrics") is not None:  # a finished run: nothing to restore, train() returns at once
         return state
+    _check_trajectory(path, state, parts, _trajectory(cfg, parts), info, tracker)
     try:
         parts.model.load_state_dict(state["model"])
     except RuntimeError as err:
@@ -105,6 +116,23 @@ def _resume(path: Path, cfg: Config, parts: TrainParts) -> dict:
     parts.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     return state
+
+
+def _trajectory(cfg: Config, parts: TrainParts) -> dict:
+    world = dist.get_world_size() if is_distributed() else 1
+    return trajectory.trajectory(cfg, parts.model, parts.device, parts.scaler, world)
+
+
+def _check_trajectory(path: Path, state: dict, parts: TrainParts, now: dict, info: DistInfo, tracker: Tracker) -> None:
+    """Refuse a resume that would change the trajectory, unless accepted; an acceptance, or the unknown past of a
+    checkpoint older than the record, is written into the checkpoint at once (rank 0) and tagged."""
+    history, tags, note = trajectory.on_resume(path, state, now, trajectory.environment(parts.device))
+    if tags:
+        tracker.set_tags(tags)
+    if info.is_main and note:
+        print(f"{path}: {note}", flush=True)
+        if history is not None:
+            save_checkpoint(path, state | {"trajectory": now, "history": history})
 
 
 def _checkpoint(
@@ -119,13 +147,18 @@ def _checkpoint(
     """A resumable checkpoint, or with ``final_metrics`` a finished run's: weights (none when
     ``train.keep_weights`` is false), config and metrics. Optimizer, scheduler and RNG state only serve a resume,
     which a finished run never does: dropping them halves the file (momentum is as large as the weights).
+    Both record the trajectory and its history (carried on from the checkpoint being replaced).
     ``validate_first``: a stop skipped the validation due at ``iteration``; the resumed run runs it first."""
+    now = _trajectory(cfg, parts)
     state = {
         "iteration": iteration,
         "window": dict(window),
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
         "validate_first": validate_first,
+        "trajectory": now,
+        "environment": trajectory.environment(parts.device),
+        "history": _history(path, now),
     }
     if final_metrics is None:
         state |= {
@@ -138,6 +171,14 @@ def _checkpoint(
     else:
         state |= {"model": parts.model.state_dict() if cfg.train.keep_weights else {}, "final_metrics": final_metrics}
     save_checkpoint(path, state)
+
+
+def _history(path: Path, now: dict) -> list[dict]:
+    """The history of the checkpoint being replaced (``_resume`` wrote any change into it), else a fresh one."""
+    previous = peek_checkpoint(path)
+    if previous is None or not previous.get("history"):  # a fresh run (a resume made sure there is one)
+        return [trajectory.history_entry(0, now, None)]
+    return previous["history"]
 
 
 def _fresh_run(cfg: Config, run_dir: Path, info: DistInfo, tracker: Tracker) -> None:
@@ -221,7 +262,7 @@ def _train(
             stale.unlink(missing_ok=True)
     start, window, validate_first = 0, {"loss": 0.0, "count": 0, "time": 0.0}, False
     if ckpt_path.exists():
-        state = _resume(ckpt_path, cfg, parts)
+        state = _resume(ckpt_path, cfg, parts, info, tracker)
         start, window, validate_first = state["iteration"], state["window"], bool(state.get("validate_first"))
         if state.get("final_metrics") is not None:
             return TrainResult("finished", start, state["final_metrics"])

@@ -261,8 +261,30 @@ def format_plan(plan: Plan) -> str:
         )
     lines.append(_needed(plan))
     lines += format_designs(plan.designs) if plan.designs else []
+    lines += ["", *memory_lines([r for c in plan.cells for r in c.runs], plan.gpus)]
     lines += [f"  note: {note}" for note in plan.notes]
     return "\n".join(lines)
+
+
+def memory_lines(runs: list[RunSpec], world_size: int) -> list[str]:
+    """GPU memory per GPU of each cell (deeplab.memory's estimate) and a warning line for each cell that a 16 or
+    24 GB card cannot hold: said before anything is submitted."""
+    from deeplab.memory import card_warning, estimate_training_memory
+
+    cells: dict[tuple, RunSpec] = {}
+    for run in runs:
+        cells.setdefault(_key(run.values, {"train.seed"}), run)
+    lines = [f"GPU memory per GPU, training ({world_size} ranks; estimate ±25%, deeplab.memory):"]
+    for run in cells.values():
+        label, c = _label({k: v for k, v in run.values.items() if k != "train.seed"}), run.config
+        estimate = estimate_training_memory(c, world_size)
+        (h, w), b = c.data.crop_size, c.data.batch_size_per_gpu
+        lines.append(
+            f"  {label:<24} {estimate.gb:5.1f} GB  ({c.model.backbone}, {h}×{w} crop, {b}/GPU, amp {c.train.amp})"
+        )
+        if (warning := card_warning(estimate)) is not None:
+            lines.append(f"  WARNING {label}: {warning}; ask for larger GPUs (executor.slurm.constraint)")
+    return lines
 
 
 def _needed(plan: Plan) -> str:

@@ -20,6 +20,7 @@ from experiments.errors import ExperimentsError
 from experiments.follow import failure_line, run_local, wait_for
 from experiments.jobs import JOB_ID_FILE, JobRecord, alive, read_job, sweep_lock, write_job
 from experiments.launch import RunJob
+from experiments.plan import memory_lines
 from experiments.reconcile import reconcile
 from experiments.spec import RunSpec, SweepSpec, expand_grid
 from experiments.store import (
@@ -225,6 +226,7 @@ def submit(
     if dry_run:
         planned = plan(spec, uri, dry_run)
         print_table(planned)
+        print("\n" + "\n".join(memory_lines([p.run for p in planned], spec.slurm.nodes * spec.slurm.tasks_per_node)))
         print(f"dry run: {len(planned)} runs, nothing submitted")
         return []
     runs = expand_grid(spec)
