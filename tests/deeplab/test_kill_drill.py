@@ -1,4 +1,4 @@
-"""Reliability drill: `kill -9` a training process 20 times, half of them inside a checkpoint write.
+"""Reliability drill: `kill -9` a training process 8 times, half of them aimed inside a checkpoint write.
 
 Every restart must resume from a valid checkpoint (never a torn one), the run must complete, and the end result
 must be bit-identical to an uninterrupted run with a metric history that has every step exactly once.
@@ -24,8 +24,8 @@ from deeplab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from deeplab.engine import train
 from deeplab.tracking import JsonlTracker
 
-KILLS = 20
-SETTINGS = {"train.iterations": 40, "train.checkpoint_every": 1, "train.eval_every": 20}
+KILLS = 8  # 20 proved the same in 2.5x the time: each kill costs a process start
+SETTINGS = {"train.iterations": 24, "train.checkpoint_every": 1, "train.eval_every": 12}
 
 
 def _kill_when(proc: subprocess.Popen, run_dir: Path, in_write: bool, rng: random.Random) -> bool:
@@ -57,7 +57,7 @@ def _kill_when(proc: subprocess.Popen, run_dir: Path, in_write: bool, rng: rando
 
 
 @pytest.mark.slow
-def test_twenty_kill_9_then_the_run_completes_bit_identical(tiny_data: Path, tmp_path: Path) -> None:
+def test_eight_kill_9_then_the_run_completes_bit_identical(tiny_data: Path, tmp_path: Path) -> None:
     reference = tmp_path / "reference"
     tracker = JsonlTracker(reference)
     train(tiny_config(tiny_data, **SETTINGS), reference, tracker, progress="lines")

@@ -1,4 +1,4 @@
-"""Reliability drills: a diverging run among healthy ones, a tracking server stopped mid-training, and a 64-run
+"""Reliability drills: a diverging run among healthy ones, a tracking server stopped mid-training, and a 16-run
 grid through SLURM."""
 
 from __future__ import annotations
@@ -101,9 +101,11 @@ def test_a_diverging_run_ends_failed_with_its_reason_and_the_others_finish(
 
 @pytest.mark.slow
 @pytest.mark.slurm
-@pytest.mark.timeout(1600)  # past its own 1500 s deadline, so a slow machine fails with the count finished
-def test_sixty_four_runs_through_slurm_lose_nothing(slurm_cluster: Any, tiny_data: Path, tmp_path: Path) -> None:
-    n, iterations = 64, 2
+@pytest.mark.timeout(1000)  # past its own 900 s deadline, so a slow machine fails with the count finished
+def test_sixteen_runs_through_slurm_lose_nothing(slurm_cluster: Any, tiny_data: Path, tmp_path: Path) -> None:
+    # 16 array tasks, two at a time, each writing to one sqlite store while `status` polls it: eight rounds of
+    # jobs starting, logging and ending under concurrent reads (64 runs proved the same in 32 rounds, 4x the time)
+    n, iterations = 16, 2
     path = write_spec(tmp_path, tiny_data, {"train.seed": list(range(n))}, **{"train.iterations": iterations})
     spec = load_spec(path)
     jobs = submit(spec, "slurm")
@@ -111,7 +113,7 @@ def test_sixty_four_runs_through_slurm_lose_nothing(slurm_cluster: Any, tiny_dat
     seen: dict[str, str] = {}
     polls = regressions = 0
     order = {"SCHEDULED": 0, "RUNNING": 1, "FINISHED": 2}
-    deadline = time.monotonic() + 1500
+    deadline = time.monotonic() + 900
     while True:
         rows = status_rows(spec)
         polls += 1
@@ -138,7 +140,7 @@ def test_sixty_four_runs_through_slurm_lose_nothing(slurm_cluster: Any, tiny_dat
         assert _steps(client, run_id, "train/loss") == list(range(1, iterations + 1))
         assert _steps(client, run_id, "val/mIoU") == [iterations]
     states = {slurm_cluster.wait(job.job_id, timeout=60) for job in jobs}
-    print(f"64-run load: {n} finished, {lost} metric points lost, {polls} status polls, {regressions} regressions")
+    print(f"{n}-run load: {n} finished, {lost} metric points lost, {polls} status polls, {regressions} regressions")
     assert states == {"COMPLETED"} and regressions == 0 and lost == 0
 
 
