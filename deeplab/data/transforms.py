@@ -3,7 +3,8 @@
 All randomness comes from the ``torch.Generator`` passed in, so an augmented sample depends only on its seed:
 exact resume and DDP equivalence rely on that. By default (``augment_order: window``) the crop window is chosen in
 source coordinates and only that region is resized, which keeps augmentation cheap next to PNG decoding;
-``augment_order: seed`` follows the seed's order on the whole frame instead (see ``TrainTransform._seed_order``).
+``augment_order: seed`` follows the seed's order on the whole frame instead (``seed_order_whole_frame``), computed
+on the input window the crop depends on (``TrainTransform._seed_order``; the same pixels, bit for bit).
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from deeplab.config import DataConfig
+from deeplab.data.seed_window import (
+    blend_contrast,
+    contrast_mean,
+    input_window,
+    nearest_crop,
+    resize_crop_window,
+    seed_stages,
+)
 from deeplab.labels import IGNORE_INDEX
 
 
@@ -43,6 +52,31 @@ def _resize_pair(image: torch.Tensor, mask: torch.Tensor, size: list[int]) -> tu
     """PIL's conventions: antialiased bilinear for the image, pixel-centre nearest for the mask."""
     image = TF.resize(image, size, InterpolationMode.BILINEAR, antialias=True)
     return image, TF.resize(mask[None], size, InterpolationMode.NEAREST_EXACT)[0]
+
+
+def seed_order_whole_frame(cfg: DataConfig, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator | None):
+    """The seed's cityscapes.py: jitter the whole frame, flip, resize the whole image to int(side·scale),
+    re-upscale it to int(side·r + 1) when smaller than the crop (its scale 0.5 ends near 0.75, resampled
+    twice), then crop at int(u·(side − crop)) for u uniform in [0, 1). The reference that
+    ``TrainTransform`` computes on the crop window only (tests and bench_data compare the two)."""
+    ch, cw = cfg.crop_size
+    image = _jitter(image, cfg.color_jitter, g)
+    if float(torch.rand((), generator=g)) < cfg.hflip:
+        image, mask = image.flip(-1), mask.flip(-1)
+    scale = cfg.scales[_randint(g, len(cfg.scales))]
+    h, w = image.shape[-2:]
+    image, mask = _resize_pair(image, mask, [max(1, int(h * scale)), max(1, int(w * scale))])
+    h, w = image.shape[-2:]
+    if h < ch or w < cw:
+        ratio = cw / w if w < h else ch / h
+        if w * ratio < cw or h * ratio < ch:  # the seed's rule can leave the other side short: cover both
+            ratio = max(cw / w, ch / h)
+        image, mask = _resize_pair(image, mask, [int(ratio * h + 1), int(ratio * w + 1)])
+        h, w = image.shape[-2:]
+    if (h, w) != (ch, cw):
+        left, top = int(_uniform(g, 0, 1) * (w - cw)), int(_uniform(g, 0, 1) * (h - ch))
+        image, mask = image[:, top : top + ch, left : left + cw], mask[top : top + ch, left : left + cw]
+    return image, mask
 
 
 class TrainTransform:
@@ -79,28 +113,33 @@ class TrainTransform:
         return image[:, top : top + ch, left : left + cw], mask[top : top + ch, left : left + cw]
 
     def _seed_order(self, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator | None):
-        """The seed's cityscapes.py: jitter the whole frame, flip, resize the whole image to int(side·scale),
-        re-upscale it to int(side·r + 1) when smaller than the crop (its scale 0.5 ends near 0.75, resampled
-        twice), then crop at int(u·(side − crop)) for u uniform in [0, 1)."""
+        """``seed_order_whole_frame``'s result, computed on the input window the crop depends on
+        (deeplab/data/seed_window.py says why it is the same, bit for bit)."""
         cfg = self.cfg
-        ch, cw = cfg.crop_size
-        image = _jitter(image, cfg.color_jitter, g)
-        if float(torch.rand((), generator=g)) < cfg.hflip:
-            image, mask = image.flip(-1), mask.flip(-1)
+        crop = (ch, cw) = cfg.crop_size
+        b, c, s = cfg.color_jitter  # drawn in _jitter's order
+        bright = _uniform(g, 1 - b, 1 + b) if b > 0 else None
+        contrast = _uniform(g, 1 - c, 1 + c) if c > 0 else None
+        saturation = _uniform(g, 1 - s, 1 + s) if s > 0 else None
+        flip = float(torch.rand((), generator=g)) < cfg.hflip
         scale = cfg.scales[_randint(g, len(cfg.scales))]
         h, w = image.shape[-2:]
-        image, mask = _resize_pair(image, mask, [max(1, int(h * scale)), max(1, int(w * scale))])
-        h, w = image.shape[-2:]
-        if h < ch or w < cw:
-            ratio = cw / w if w < h else ch / h
-            if w * ratio < cw or h * ratio < ch:  # the seed's rule can leave the other side short: cover both
-                ratio = max(cw / w, ch / h)
-            image, mask = _resize_pair(image, mask, [int(ratio * h + 1), int(ratio * w + 1)])
-            h, w = image.shape[-2:]
-        if (h, w) != (ch, cw):
-            left, top = int(_uniform(g, 0, 1) * (w - cw)), int(_uniform(g, 0, 1) * (h - ch))
-            image, mask = image[:, top : top + ch, left : left + cw], mask[top : top + ch, left : left + cw]
-        return image, mask
+        stages = seed_stages(h, w, scale, crop)
+        out_h, out_w = stages[-1].size_out if stages else (h, w)
+        top = left = 0
+        if (out_h, out_w) != (ch, cw):
+            left, top = int(_uniform(g, 0, 1) * (out_w - cw)), int(_uniform(g, 0, 1) * (out_h - ch))
+        (r0, r1), (c0, c1) = input_window(stages, top, left, crop)
+        mean = contrast_mean(image, bright) if contrast is not None else None
+        window = image[:, r0:r1, w - c1 : w - c0].flip(-1) if flip else image[:, r0:r1, c0:c1]
+        if bright is not None:
+            window = TF.adjust_brightness(window, bright)
+        if mean is not None:
+            window = blend_contrast(window, mean, contrast)
+        if saturation is not None:
+            window = TF.adjust_saturation(window, saturation)
+        image = resize_crop_window(window.contiguous(), stages, top, left, crop)
+        return image, nearest_crop(mask, stages, top, left, crop, flip)
 
     def __call__(
         self, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator | None
