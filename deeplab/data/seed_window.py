@@ -3,7 +3,9 @@
 The seed order jitters the whole frame, flips it, resizes it (antialiased bilinear; a second, upscaling resize
 when it ends smaller than the crop) and crops. Every step but one is local, so only the input window the crop
 depends on is processed:
-- brightness and saturation are per pixel: they commute with cropping;
+- brightness and saturation are per pixel: they commute with cropping; brightness, and contrast once its mean
+  is known, are functions of the value alone, applied as one 256-entry table (computed by torchvision's own
+  operations on the 256 values);
 - contrast blends every pixel with the mean grey level of the brightness-adjusted frame: that one statistic is
   computed on the whole frame, with torchvision's own operations on the same shapes (so the same float32
   reduction), and the blend then runs on the window;
@@ -20,8 +22,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 _MARGIN = 3  # input pixels beyond the support bound (torch rounds the support's ends to the nearest pixel)
@@ -132,11 +136,31 @@ def nearest_crop(
     return mask.index_select(0, rows).index_select(1, cols)
 
 
+def value_lut(brightness: float | None, contrast: float | None, mean: torch.Tensor | None) -> torch.Tensor:
+    """What ``TF.adjust_brightness`` then ``TF.adjust_contrast`` (toward ``mean``) make of each uint8 value: both
+    are functions of the value alone, computed here by the same operations on the 256 values."""
+    lut = torch.arange(256, dtype=torch.uint8).view(1, 1, 256)
+    if brightness is not None:
+        lut = TF.adjust_brightness(lut, brightness)
+    if contrast is not None:
+        lut = blend_contrast(lut, mean, contrast)
+    return lut.view(-1)
+
+
+def apply_lut(image: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """``lut[image]`` for a uint8 [C,H,W] image, one plane at a time through PIL's table lookup (several times
+    faster than torch's float arithmetic or its int64 indexing)."""
+    image, table = image.contiguous(), lut.tolist()
+    h, w = image.shape[-2:]
+    planes = [Image.frombuffer("L", (w, h), plane.numpy(), "raw", "L", 0, 1).point(table) for plane in image]
+    return torch.from_numpy(np.stack([np.asarray(p) for p in planes]))
+
+
 def contrast_mean(image: torch.Tensor, brightness: float | None) -> torch.Tensor:
     """The mean grey level ``TF.adjust_contrast`` blends toward, of the whole (brightness-adjusted) frame: the
     same operations on the same shapes as torchvision's, hence the same float32 value."""
     if brightness is not None:
-        image = TF.adjust_brightness(image, brightness)
+        image = apply_lut(image, value_lut(brightness, None, None))
     r, g, b = image.unbind(dim=-3)
     grey = r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(dim=-3).floor_()
     return torch.mean(grey, dim=(-3, -2, -1), keepdim=True)

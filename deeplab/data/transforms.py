@@ -15,12 +15,13 @@ from torchvision.transforms import InterpolationMode
 
 from deeplab.config import DataConfig
 from deeplab.data.seed_window import (
-    blend_contrast,
+    apply_lut,
     contrast_mean,
     input_window,
     nearest_crop,
     resize_crop_window,
     seed_stages,
+    value_lut,
 )
 from deeplab.labels import IGNORE_INDEX
 
@@ -132,10 +133,8 @@ class TrainTransform:
         (r0, r1), (c0, c1) = input_window(stages, top, left, crop)
         mean = contrast_mean(image, bright) if contrast is not None else None
         window = image[:, r0:r1, w - c1 : w - c0].flip(-1) if flip else image[:, r0:r1, c0:c1]
-        if bright is not None:
-            window = TF.adjust_brightness(window, bright)
-        if mean is not None:
-            window = blend_contrast(window, mean, contrast)
+        if bright is not None or contrast is not None:
+            window = apply_lut(window, value_lut(bright, contrast, mean))
         if saturation is not None:
             window = TF.adjust_saturation(window, saturation)
         image = resize_crop_window(window.contiguous(), stages, top, left, crop)

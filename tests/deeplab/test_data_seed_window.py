@@ -36,10 +36,10 @@ def _assert_same(cfg: DataConfig, image: torch.Tensor, mask: torch.Tensor, seed:
     assert torch.equal(whole[1], window[1]), f"mask differs: {where}, seed {seed}"
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(6))
 def test_window_equals_whole_frame_on_random_frames_scales_and_crops(case: int) -> None:
     rng = random.Random(case)
-    for _ in range(12):
+    for _ in range(8):
         h, w = rng.randint(64, 256), rng.randint(128, 512)
         image, mask = _frame(h, w, rng)
         crop = (rng.randint(16, min(h + 64, 300)), rng.randint(16, min(w + 64, 400)))
@@ -50,7 +50,7 @@ def test_window_equals_whole_frame_on_random_frames_scales_and_crops(case: int) 
             hflip=0.5,
             color_jitter=tuple(rng.choice([0.0, 0.3, 0.5, 0.9]) for _ in range(3)),
         )
-        for seed in range(3):
+        for seed in range(2):
             _assert_same(cfg, image, mask, rng.randrange(2**31) + seed)
 
 
