@@ -122,7 +122,9 @@ def deviations_section(runs: pd.DataFrame) -> list[str]:
 
 
 def _data_cost_line(c: Comparison) -> str:
-    data = config_from_params(c.runs_all.iloc[0].config_params).data
+    if c.runs.empty:
+        return "- data: no compared runs"
+    data = config_from_params(c.runs.iloc[0].config_params).data
     return f"- {data_cost.describe(data, data_cost.FORK_V100_S_PER_IT, 'the seed fork on V100')}"
 
 
