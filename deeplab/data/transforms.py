@@ -49,6 +49,22 @@ def _jitter(image: torch.Tensor, jitter: tuple[float, float, float], g: torch.Ge
     return image
 
 
+def _draw_jitter(jitter: tuple[float, float, float], g: torch.Generator | None) -> tuple[float | None, ...]:
+    """The brightness, contrast and saturation factors ``_jitter`` draws, in its order (None: that one is off)."""
+    return tuple(_uniform(g, 1 - j, 1 + j) if j > 0 else None for j in jitter)
+
+
+def _jitter_by_table(image: torch.Tensor, factors: tuple[float | None, ...], mean: torch.Tensor | None) -> torch.Tensor:
+    """``_jitter``'s result for drawn ``factors``: brightness and contrast (toward ``mean``, the grey mean of the
+    image it would see) as one 256-entry table, then saturation; the same bits, several times faster."""
+    bright, contrast, saturation = factors
+    if bright is not None or contrast is not None:
+        image = apply_lut(image, value_lut(bright, contrast, mean))
+    if saturation is not None:
+        image = TF.adjust_saturation(image, saturation)
+    return image
+
+
 def _resize_pair(image: torch.Tensor, mask: torch.Tensor, size: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """PIL's conventions: antialiased bilinear for the image, pixel-centre nearest for the mask."""
     image = TF.resize(image, size, InterpolationMode.BILINEAR, antialias=True)
@@ -118,10 +134,7 @@ class TrainTransform:
         (deeplab/data/seed_window.py says why it is the same, bit for bit)."""
         cfg = self.cfg
         crop = (ch, cw) = cfg.crop_size
-        b, c, s = cfg.color_jitter  # drawn in _jitter's order
-        bright = _uniform(g, 1 - b, 1 + b) if b > 0 else None
-        contrast = _uniform(g, 1 - c, 1 + c) if c > 0 else None
-        saturation = _uniform(g, 1 - s, 1 + s) if s > 0 else None
+        factors = bright, contrast, _ = _draw_jitter(cfg.color_jitter, g)
         flip = float(torch.rand((), generator=g)) < cfg.hflip
         scale = cfg.scales[_randint(g, len(cfg.scales))]
         h, w = image.shape[-2:]
@@ -133,10 +146,7 @@ class TrainTransform:
         (r0, r1), (c0, c1) = input_window(stages, top, left, crop)
         mean = contrast_mean(image, bright) if contrast is not None else None
         window = image[:, r0:r1, w - c1 : w - c0].flip(-1) if flip else image[:, r0:r1, c0:c1]
-        if bright is not None or contrast is not None:
-            window = apply_lut(window, value_lut(bright, contrast, mean))
-        if saturation is not None:
-            window = TF.adjust_saturation(window, saturation)
+        window = _jitter_by_table(window, factors, mean)
         image = resize_crop_window(window.contiguous(), stages, top, left, crop)
         return image, nearest_crop(mask, stages, top, left, crop, flip)
 
@@ -150,7 +160,9 @@ class TrainTransform:
         image, mask = self._scale_crop(image, mask, g)
         if float(torch.rand((), generator=g)) < cfg.hflip:
             image, mask = image.flip(-1), mask.flip(-1)
-        image = _jitter(image, cfg.color_jitter, g)
+        factors = _draw_jitter(cfg.color_jitter, g)
+        mean = contrast_mean(image, factors[0]) if factors[1] is not None else None
+        image = _jitter_by_table(image, factors, mean)
         return _normalize(image, cfg.mean, cfg.std), mask.long()
 
 

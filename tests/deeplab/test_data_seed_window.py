@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from deeplab.config import DataConfig, load_config
-from deeplab.data.transforms import TrainTransform, seed_order_whole_frame
+from deeplab.data.seed_window import contrast_mean
+from deeplab.data.transforms import TrainTransform, _draw_jitter, _jitter, _jitter_by_table, seed_order_whole_frame
 
 REPO_SEED_PRESET = "configs/cityscapes_r50_seed.yaml"
 
@@ -60,3 +61,15 @@ def test_window_equals_whole_frame_at_cityscapes_size_for_every_preset_scale() -
     for i, scale in enumerate(preset.scales):  # every scale of the preset, one generator each
         cfg = DataConfig(**{**preset.__dict__, "scales": (scale,)})
         _assert_same(cfg, image, mask, seed=i)
+
+
+def test_jitter_by_table_equals_torchvisions_jitter() -> None:
+    # the window order's jitter of the crop: brightness and contrast as one value table, the mean as torchvision's
+    rng = random.Random(11)
+    for seed in range(40):
+        image, _ = _frame(rng.randint(16, 160), rng.randint(16, 300), rng)
+        jitter = tuple(rng.choice([0.0, 0.3, 0.5, 0.9]) for _ in range(3))
+        expected = _jitter(image, jitter, torch.Generator().manual_seed(seed))
+        factors = _draw_jitter(jitter, torch.Generator().manual_seed(seed))
+        mean = contrast_mean(image, factors[0]) if factors[1] is not None else None
+        assert torch.equal(_jitter_by_table(image, factors, mean), expected), (tuple(image.shape), jitter, seed)
