@@ -147,22 +147,37 @@ def value_lut(brightness: float | None, contrast: float | None, mean: torch.Tens
     return lut.view(-1)
 
 
-def apply_lut(image: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+def apply_lut(image: torch.Tensor, lut: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``lut[image]`` for a uint8 [C,H,W] image, one plane at a time through PIL's table lookup (several times
-    faster than torch's float arithmetic or its int64 indexing)."""
+    faster than torch's float arithmetic or its int64 indexing); into ``out`` when given."""
     image, table = image.contiguous(), lut.tolist()
     h, w = image.shape[-2:]
-    planes = [Image.frombuffer("L", (w, h), plane.numpy(), "raw", "L", 0, 1).point(table) for plane in image]
-    return torch.from_numpy(np.stack([np.asarray(p) for p in planes]))
+    planes = [np.asarray(Image.frombuffer("L", (w, h), p.numpy(), "raw", "L", 0, 1).point(table)) for p in image]
+    if out is None:
+        return torch.from_numpy(np.stack(planes))
+    np.stack(planes, out=out.numpy())
+    return out
 
 
-def contrast_mean(image: torch.Tensor, brightness: float | None) -> torch.Tensor:
+def scratch_buffer(scratch: dict | None, key: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """A buffer kept in ``scratch`` (one per worker) between samples: fresh 8 MB buffers cost page faults."""
+    if scratch is None:
+        return torch.empty(shape, dtype=dtype)
+    buffer = scratch.get(key)
+    if buffer is None or buffer.shape != shape:
+        buffer = scratch[key] = torch.empty(shape, dtype=dtype)
+    return buffer
+
+
+def contrast_mean(image: torch.Tensor, brightness: float | None, scratch: dict | None = None) -> torch.Tensor:
     """The mean grey level ``TF.adjust_contrast`` blends toward, of the whole (brightness-adjusted) frame: the
     same operations on the same shapes as torchvision's, hence the same float32 value."""
     if brightness is not None:
-        image = apply_lut(image, value_lut(brightness, None, None))
+        out = scratch_buffer(scratch, "bright", image.shape, torch.uint8)
+        image = apply_lut(image, value_lut(brightness, None, None), out)
     r, g, b = image.unbind(dim=-3)
-    grey = r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(dim=-3).floor_()
+    grey = torch.mul(r, 0.2989, out=scratch_buffer(scratch, "grey", r.shape, torch.float32))
+    grey = grey.add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(dim=-3).floor_()
     return torch.mean(grey, dim=(-3, -2, -1), keepdim=True)
 
 

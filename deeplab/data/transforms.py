@@ -101,6 +101,7 @@ class TrainTransform:
 
     def __init__(self, cfg: DataConfig) -> None:
         self.cfg = cfg
+        self.scratch: dict = {}  # whole-frame buffers reused between samples (contrast_mean)
 
     def _scale_crop(self, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator | None):
         cfg = self.cfg
@@ -144,7 +145,7 @@ class TrainTransform:
         if (out_h, out_w) != (ch, cw):
             left, top = int(_uniform(g, 0, 1) * (out_w - cw)), int(_uniform(g, 0, 1) * (out_h - ch))
         (r0, r1), (c0, c1) = input_window(stages, top, left, crop)
-        mean = contrast_mean(image, bright) if contrast is not None else None
+        mean = contrast_mean(image, bright, self.scratch) if contrast is not None else None
         window = image[:, r0:r1, w - c1 : w - c0].flip(-1) if flip else image[:, r0:r1, c0:c1]
         window = _jitter_by_table(window, factors, mean)
         image = resize_crop_window(window.contiguous(), stages, top, left, crop)
@@ -161,7 +162,7 @@ class TrainTransform:
         if float(torch.rand((), generator=g)) < cfg.hflip:
             image, mask = image.flip(-1), mask.flip(-1)
         factors = _draw_jitter(cfg.color_jitter, g)
-        mean = contrast_mean(image, factors[0]) if factors[1] is not None else None
+        mean = contrast_mean(image, factors[0], self.scratch) if factors[1] is not None else None
         image = _jitter_by_table(image, factors, mean)
         return _normalize(image, cfg.mean, cfg.std), mask.long()
 
