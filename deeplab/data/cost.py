@@ -2,7 +2,7 @@
 
 Figures: CPU seconds per sample on one core (torch at 1 thread, as in a DataLoader worker), full-size 2048×1024
 synthetic frames, 768² crops: ``python bench/bench_data.py`` of 2026-12-03 (bench/README.md). The seed order is
-computed on the crop window (``TrainTransform``); on the whole frame it cost 0.199 s from PNG, 0.112 s cached.
+computed on the crop window (``TrainTransform``); on the whole frame it cost 0.200 s from PNG, 0.119 s cached.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 from deeplab.config import DataConfig
 
 SAMPLE_CPU_S = {  # (source, augment_order) → CPU seconds per sample
-    ("png", "seed"): 0.129,
+    ("png", "seed"): 0.126,
     ("png", "window"): 0.102,
-    ("cache", "seed"): 0.046,
-    ("cache", "window"): 0.024,
+    ("cache", "seed"): 0.039,
+    ("cache", "window"): 0.022,
 }
 FORK_V100_S_PER_IT = 0.82  # the seed fork: res50, 4 × 768² per GPU, 2 V100, fp32
 
