@@ -17,6 +17,7 @@ from analysis.html import write_pages
 from analysis.provenance import provenance_lines, run_link
 from analysis.published import published_deeplabv3plus
 from analysis.stats import seed_summary
+from deeplab.data import cost as data_cost
 from deeplab.fidelity import deviations_markdown
 from deeplab.params import config_from_params
 from experiments.store import CellSummary, publish_report
@@ -120,9 +121,16 @@ def deviations_section(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _data_cost_line(c: Comparison) -> str:
+    if c.runs.empty:
+        return "- data: no compared runs"
+    data = config_from_params(c.runs.iloc[0].config_params).data
+    return f"- {data_cost.describe(data, data_cost.FORK_V100_S_PER_IT, 'the seed fork on V100')}"
+
+
 def _render(c: Comparison, published: pd.DataFrame, captions: list[tuple[str, str]]) -> str:
     lines = [f"# Does a ResNet-50 backbone match ResNet-101? — experiment `{c.experiment}`", ""]
-    lines += [*provenance_lines(c.tracking_uri, c.experiment, c.runs_all), "", "## Verdict", ""]
+    lines += [*provenance_lines(c.tracking_uri, c.experiment, c.runs_all), _data_cost_line(c), "", "## Verdict", ""]
     lines += verdict_lines(c)
     lines += [
         "",

@@ -12,6 +12,7 @@ import torch
 from gpu_check_sections import MODES, Ctx, SkipSection, one_gpu, seed_config, structured_batch
 from torch.utils.flop_counter import FlopCounterMode
 
+from deeplab.data.cache import build_cache
 from deeplab.data.loader import build_train_loader
 from deeplab.evaluate import predict
 from deeplab.model import build_model
@@ -157,33 +158,40 @@ def make_data(root: Path, hw: tuple[int, int], images: int) -> None:
 
 
 def section_data(ctx: Ctx, data_root: Path) -> None:
-    """Images/s that N workers deliver through the engine's loader (decode + seed augmentation), vs the demand."""
+    """Images/s that N workers deliver through the engine's loader (decode + seed augmentation), from the PNGs and
+    from the decoded cache (``deeplab data cache``), vs the demand."""
     while not (data_root / "leftImg8bit").is_dir():  # synthesize() renames the finished dataset into place
         if ctx.left() < 5:
             raise TimeoutError(f"the synthetic frames at {data_root} were not ready in time")
         time.sleep(0.5)
-    rates = {}
+    cache = data_root.parent / "cache"
+    build_cache(data_root, "train", cache, progress="off")
+    rates: dict[str, dict[int, float]] = {"png": {}, "cache": {}}
     for workers in ctx.sizes.workers:
-        if ctx.left() < 3 + ctx.sizes.data_seconds:
-            break
-        cfg = seed_config("resnet50", ctx.sizes, **{"data.root": str(data_root), "data.num_workers": workers})
-        batches = build_train_loader(cfg, 0, 1, 0)
-        next(batches)  # workers start, first batch
-        n, tick = 0, time.perf_counter()
-        while time.perf_counter() - tick < ctx.sizes.data_seconds or n < 2 * workers:
-            next(batches)
-            n += 1
-        rates[workers] = n * ctx.sizes.batch / (time.perf_counter() - tick)
-        del batches  # shuts the workers down
-        ctx.record("images_per_s", rates)
+        for path, extra in (("png", {}), ("cache", {"data.cache": str(cache)})):
+            if ctx.left() < 3 + ctx.sizes.data_seconds:
+                break
+            overrides = {"data.root": str(data_root), "data.num_workers": workers, **extra}
+            batches = build_train_loader(seed_config("resnet50", ctx.sizes, **overrides), 0, 1, 0)
+            next(batches)  # workers start, first batch
+            n, tick = 0, time.perf_counter()
+            while time.perf_counter() - tick < ctx.sizes.data_seconds or n < 2 * workers:
+                next(batches)
+                n += 1
+            rates[path][workers] = n * ctx.sizes.batch / (time.perf_counter() - tick)
+            del batches  # shuts the workers down
+            ctx.record("images_per_s", rates["png"])
+            ctx.record("cache_images_per_s", rates["cache"])
     demand = {}
     for backbone in ("resnet50", "resnet101"):
         modes = ctx.earlier.get(f"speed-{backbone}", {}).get("results", {}).get("modes", {})
         fastest = min((m["s_per_step"] for k, m in modes.items() if k != "flops"), default=None)
         if fastest:
             need = ctx.sizes.batch / fastest
-            enough = [w for w, r in rates.items() if r >= 1.25 * need]
-            demand[backbone] = {"images_per_s": need, "num_workers": min(enough) if enough else None}
+            demand[backbone] = {"images_per_s": need}
+            for path, by_workers in rates.items():
+                enough = [w for w, r in by_workers.items() if r >= 1.25 * need]
+                demand[backbone]["num_workers" if path == "png" else "cache_num_workers"] = min(enough, default=None)
     ctx.record("demand", demand)
 
 

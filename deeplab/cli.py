@@ -111,6 +111,21 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from deeplab.data.cache import build_cache
+    from deeplab.data.check import available_cpus
+    from deeplab.data.cityscapes import split_files
+
+    out = check_output_dir(args.out or Path(args.root) / "cache", "data cache --out")
+    for split in args.split:  # every split's layout before anything is written
+        split_files(Path(args.root), split)
+    workers = available_cpus() if args.workers is None else args.workers
+    for split in args.split:
+        folder = build_cache(args.root, split, out, workers=workers, progress=args.progress)
+        print(f"{split}: decoded into {folder} (set data.cache={out})")
+    return 0
+
+
 def _cmd_download(args: argparse.Namespace) -> int:
     dest = check_output_dir(args.dest, "data download --dest")
     from deeplab.data.download import download
@@ -192,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int_in(0), default=None, help="decoding processes (default: the CPUs available)")
     p.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
     p.set_defaults(func=_cmd_check)
+    p = data.add_parser("cache", help="decode splits once into memory-mappable files (resumable)")
+    p.add_argument("root", help="Cityscapes root (holds leftImg8bit/ and gtFine/)")
+    p.add_argument("--split", nargs="+", default=["train", "val"])
+    p.add_argument("--out", default=None, help="cache folder (default: ROOT/cache); point data.cache at it")
+    p.add_argument("--workers", type=int_in(0), default=None, help="decoding processes (default: the CPUs available)")
+    p.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
+    p.set_defaults(func=_cmd_cache)
     p = data.add_parser("download", help="fetch the official archives (needs a cityscapes-dataset.com account)")
     p.add_argument("--dest", required=True)
     p.add_argument("--packages", nargs="+", default=["gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip"])

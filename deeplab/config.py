@@ -61,6 +61,8 @@ class DataConfig:
     val_max_images: int = 0  # 0 = the whole split
     strict: bool = False  # check split sizes against the official 2975/500/1525
     synthetic: SynthConfig | None = None
+    # a `deeplab data cache` folder of root's splits (decoded once, memory-mapped); "" reads the PNGs
+    cache: str = ""
 
 
 @dataclass
@@ -150,7 +152,9 @@ class Config:
 
 
 # Fields that change how a run executes but not what it computes: left out of the run's identity.
-NON_IDENTITY = frozenset({"data.num_workers", "train.log_every", "train.checkpoint_every", "train.keep_weights"})
+NON_IDENTITY = frozenset(
+    {"data.num_workers", "data.cache", "train.log_every", "train.checkpoint_every", "train.keep_weights"}
+)
 
 # Fields added after runs existed: hashed only when they differ from their default, so earlier runs (and their
 # checkpoints) keep their identity. A new field that changes what a run computes belongs here.

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from deeplab.data import cost as data_cost
 from experiments.spec import RunSpec, SweepSpec, expand_grid
 
 if TYPE_CHECKING:
@@ -242,11 +243,13 @@ def format_plan(plan: Plan) -> str:
             f"{c.gpu_hours(plan.gpus):>10.1f}  {c.source}"
         )
     longest = max(plan.cells, key=lambda c: c.s_per_it * c.iterations)
+    fastest = min(plan.cells, key=lambda c: c.s_per_it)
     if any(c.source.startswith("anchor") for c in plan.cells):
         lines.append(f"  anchor: {ANCHOR}")
     lines += [
         f"  {'total':<24} {runs:>6} {'':>11} {'':>7} {plan.gpu_hours:>10.1f}",
         f"  longest run: {longest.s_per_it * longest.iterations / 3600:.1f} h of wall time ({_label(longest.values)})",
+        f"  {data_cost.describe(fastest.runs[0].config.data, fastest.s_per_it, 'the fastest cell')}",
         "",
         f"equivalence: Welch TOST res50 vs res101 at ±{plan.margin:g} points ({plan.margin_source}), "
         f"α = {plan.alpha:g}",

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deeplab.config import Config
+from deeplab.data.cache import CachedSplit
 from deeplab.data.check import check_split
 from deeplab.data.cityscapes import CityscapesSegmentation
 from deeplab.data.synth import ensure_synthetic
@@ -30,7 +31,7 @@ _MIX = 1_000_003  # keeps (seed, epoch) and (seed, position) streams apart
 class StreamPositions(Dataset):
     """Maps a stream position to an augmented sample of ``base``."""
 
-    def __init__(self, base: CityscapesSegmentation, transform: TrainTransform, seed: int) -> None:
+    def __init__(self, base: CityscapesSegmentation | CachedSplit, transform: TrainTransform, seed: int) -> None:
         self.base, self.transform, self.seed = base, transform, seed
         self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
@@ -72,7 +73,10 @@ def _ensure_data(cfg: Config) -> None:
 def build_train_loader(cfg: Config, rank: int, world_size: int, start_iteration: int) -> Iterator:
     """An endless iterator of ``(images [b,3,h,w], masks [b,h,w])`` for this rank, from ``start_iteration``."""
     _ensure_data(cfg)
-    base = CityscapesSegmentation(cfg.data.root, cfg.data.train_split, strict=cfg.data.strict)
+    if cfg.data.cache:
+        base = CachedSplit(cfg.data.cache, cfg.data.root, cfg.data.train_split)
+    else:
+        base = CityscapesSegmentation(cfg.data.root, cfg.data.train_split, strict=cfg.data.strict)
     positions = StreamPositions(base, TrainTransform(cfg.data), cfg.train.seed)
     workers = data_workers(cfg.data.num_workers)
     loader = DataLoader(
@@ -92,11 +96,15 @@ def build_train_loader(cfg: Config, rank: int, world_size: int, start_iteration:
 def check_data(cfg: Config, progress: str = "auto") -> None:
     """Both splits exist in the official layout (official sizes under data.strict); the training split's PNG
     headers are sound (its files are decoded within the first epoch); every validation image and label decodes,
-    with only Cityscapes ids (they are otherwise first read at the first validation, maybe hours in)."""
+    with only Cityscapes ids (they are otherwise first read at the first validation, maybe hours in). With
+    ``data.cache``, both splits' caches are complete and fresh instead (building one decoded every file)."""
     _ensure_data(cfg)
     for split in (cfg.data.train_split, cfg.data.val_split):
         if cfg.data.strict:
             CityscapesSegmentation(cfg.data.root, split, strict=True)
+        if cfg.data.cache:
+            CachedSplit(cfg.data.cache, cfg.data.root, split)
+            continue
         decode = split == cfg.data.val_split
         limit = cfg.data.val_max_images if decode else 0  # the validation images that will be read
         checked = check_split(
@@ -110,9 +118,11 @@ def check_data(cfg: Config, progress: str = "auto") -> None:
             raise DeeplabError(f"{checked.problems[0]} (and {more})")
 
 
-def build_val_dataset(cfg: Config) -> CityscapesSegmentation:
+def build_val_dataset(cfg: Config) -> CityscapesSegmentation | CachedSplit:
     """The validation split (raw uint8 items; the evaluator normalizes)."""
     _ensure_data(cfg)
+    if cfg.data.cache:
+        return CachedSplit(cfg.data.cache, cfg.data.root, cfg.data.val_split, max_images=cfg.data.val_max_images)
     return CityscapesSegmentation(
         cfg.data.root, cfg.data.val_split, strict=cfg.data.strict, max_images=cfg.data.val_max_images
     )
