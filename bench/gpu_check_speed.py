@@ -42,7 +42,13 @@ def time_steps(parts: TrainParts, batches: list, ctx: Ctx, with_agree: bool = Fa
     return (time.perf_counter() - tick) / ctx.sizes.timed
 
 
+def _reset_peak_memory(ctx: Ctx) -> None:
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+
+
 def _peak_memory_gib(ctx: Ctx) -> float | None:
+    """Peak memory torch allocated on the GPU since the last reset (None on CPU: no allocator to ask)."""
     return round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 2) if ctx.device.type == "cuda" else None
 
 
@@ -55,8 +61,7 @@ def section_speed(ctx: Ctx, backbone: str) -> None:
     for mode, (amp, channels_last) in MODES.items():
         if ctx.left() < 5:
             return
-        if ctx.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(ctx.device)
+        _reset_peak_memory(ctx)
         if channels_last:
             parts.model.to(memory_format=torch.channels_last)  # in place: the optimizer keeps its parameters
         parts = dataclasses.replace(parts, amp=amp, channels_last=channels_last)
@@ -120,7 +125,9 @@ def section_compile(ctx: Ctx, backbone: str) -> None:
 
 
 def section_eval(ctx: Ctx) -> None:
-    """Seconds per whole image (sizes.eval_hw), single scale and the preset's 6 scales + flip."""
+    """Seconds per whole image (sizes.eval_hw), single scale and the preset's 6 scales + flip, each timed warm (after
+    one untimed pass of the same kind: cuDNN picks its algorithms per input size, the allocator grows per size), with
+    the peak memory of each on a GPU."""
     out = {}
     h, w = ctx.sizes.eval_hw
     image = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(ctx.device)
@@ -131,10 +138,13 @@ def section_eval(ctx: Ctx) -> None:
             if ctx.left() < 5:
                 return
             key = f"{backbone} {'fp32' if amp == 'none' else amp}"
-            predict(model, image, (1.0,), False, amp).argmax(1)  # warm-up
-            single = _time_predict(model, image, (1.0,), False, amp, ctx, ctx.sizes.eval_reps)
-            multi = _time_predict(model, image, cfg.eval.scales, True, amp, ctx, 1)
-            out[key] = {"single_s": single, "multi_flip_s": multi, "scales": list(cfg.eval.scales)}
+            runs = {"single": ((1.0,), False, ctx.sizes.eval_reps), "multi_flip": (cfg.eval.scales, True, 1)}
+            out[key] = {"scales": list(cfg.eval.scales)}
+            for name, (scales, flip, reps) in runs.items():
+                _reset_peak_memory(ctx)
+                predict(model, image, scales, flip, amp).argmax(1)  # warm-up: every scale's sizes once
+                out[key][f"{name}_s"] = _time_predict(model, image, scales, flip, amp, ctx, reps)
+                out[key][f"{name}_mem_gib"] = _peak_memory_gib(ctx)
             ctx.record("per_image", out)
 
 
