@@ -80,6 +80,10 @@ def _write(path: Path, text: str) -> None:
 def _child(section: Callable, sizes: Sizes, device: str, deadline: float, partial_path: Path, earlier: dict) -> None:
     """Runs in the section's spawned process: the section, its figures written to ``partial_path`` as they come."""
     os.setpgrp()  # its own process group: a timeout kills the section with whatever it started (ranks, workers)
+    # A spawned child inherits "spawn" as its default start method; the engine's DataLoader workers are forked in a
+    # real run (a worker sets 1 thread first, which keeps it clear of the libgomp deadlock): measure that, not 12
+    # interpreters importing torch.
+    multiprocessing.set_start_method(None, force=True)
     if sizes.threads and section is not section_env:  # env measures the machine's matmul ceiling on all its threads
         torch.set_num_threads(sizes.threads)
     state: dict = {"status": "running", "results": {}}
