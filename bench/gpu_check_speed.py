@@ -17,6 +17,8 @@ from deeplab.evaluate import predict
 from deeplab.model import build_model
 from deeplab.step import LossWindow, TrainParts, agree, build_parts, train_step
 
+COMPILE_ON_CPU = "CPU smoke: inductor on CPU compiles C++ for minutes; the compiled path is a GPU question"
+
 
 def step_flops(parts: TrainParts, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
     """FLOPs of one train step (forward + backward; torch's flop counter, dense convs as here)."""
@@ -110,7 +112,7 @@ def _abab(arms: dict, rounds: int) -> dict:
 def section_compile(ctx: Ctx, backbone: str) -> None:
     """torch.compile (inductor, default mode) of the model in bf16 + channels_last: compile time, then s/step."""
     if ctx.device.type != "cuda":
-        raise SkipSection("CPU smoke: inductor on CPU compiles C++ for minutes; the compiled path is a GPU question")
+        raise SkipSection(COMPILE_ON_CPU)
     parts = build_parts(seed_config(backbone, ctx.sizes, "bf16", True), one_gpu(ctx.device))
     parts.ddp_model = torch.compile(parts.model)
     batches = [structured_batch(i, ctx.sizes, ctx.device) for i in range(2)]
