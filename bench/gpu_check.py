@@ -1,10 +1,11 @@
 """The prepared GPU check (issue 12): correctness, speed, evaluation and data figures in one command, < 6 minutes.
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out`` (default: the current directory), rewritten after every
-section. Each section runs in a fresh interpreter (multiprocessing's spawn context, its own process group) under its
-own time limit, so a section that fails, hangs or crashes is recorded (with the figures it had recorded so far), it
-and its own children are killed, and the next one runs. Models start from random weights (none can be downloaded
-there). ``--cpu-smoke`` runs the same code at tiny sizes on CPU (tested in CI).
+section. Each section runs in its own process (forked from a forkserver that only imported torch, never from this
+process; in its own process group) under its own time limit, so a section that fails, hangs or crashes is recorded
+(with the figures it had recorded so far), it and its own children are killed, and the next one runs. Models start
+from random weights (none can be downloaded there). ``--cpu-smoke`` runs the same code at tiny sizes on CPU
+(tested in CI).
 
     python bench/gpu_check.py [--out DIR] [--budget SECONDS] [--only a,b] [--cpu-smoke]
 
@@ -30,9 +31,11 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
-# Sections start by spawn, never fork: importing deeplab already runs an OpenMP-parallel torch op, and a forked child
-# that then runs torch ops waits forever at libgomp's barrier (a fork keeps the parent's thread pool state, not its
-# threads). A spawned child is a fresh interpreter. The NVML-based availability check keeps the parent off cuInit.
+# Sections never fork from this process: importing deeplab already runs an OpenMP-parallel torch op, and a child
+# forked after that waits forever at libgomp's barrier when it runs torch ops (a fork keeps the parent's thread pool
+# state, not its threads). They fork from a forkserver: a fresh interpreter that only imports torch and torchvision
+# (no torch op runs there; the ~4 s of imports are paid once, not per section). The NVML-based availability check
+# keeps every process off cuInit until its section uses CUDA.
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the device machine has no install of this repo
 
@@ -50,7 +53,8 @@ from gpu_check_speed import (
     section_speed,
 )
 
-SPAWN = multiprocessing.get_context("spawn")
+START = multiprocessing.get_context("forkserver")
+START.set_forkserver_preload(["torch", "torchvision"])  # never deeplab or this module: they run torch ops at import
 SMOKE_LIMIT_S = 180  # on CPU (--cpu-smoke) every section may take this long: a loaded machine is slow
 MARGIN_S = 15  # a section checks its deadline between steps; one step may run past it
 
@@ -79,11 +83,10 @@ def _write(path: Path, text: str) -> None:
 
 
 def _child(section: Callable, sizes: Sizes, device: str, deadline: float, partial_path: Path, earlier: dict) -> None:
-    """Runs in the section's spawned process: the section, its figures written to ``partial_path`` as they come."""
+    """Runs in the section's own process: the section, its figures written to ``partial_path`` as they come."""
     os.setpgrp()  # its own process group: a timeout kills the section with whatever it started (ranks, workers)
-    # A spawned child inherits "spawn" as its default start method; the engine's DataLoader workers are forked in a
-    # real run (a worker sets 1 thread first, which keeps it clear of the libgomp deadlock): measure that, not 12
-    # interpreters importing torch.
+    # The child inherits the forkserver as its default start method; the engine's DataLoader workers are forked in a
+    # real run (a worker sets 1 thread first, which keeps it clear of the libgomp deadlock): measure that.
     multiprocessing.set_start_method(None, force=True)
     if sizes.threads and section is not section_env:  # env measures the machine's matmul ceiling on all its threads
         torch.set_num_threads(sizes.threads)
@@ -110,12 +113,12 @@ def _kill_group(pgid: int) -> None:
 
 
 def run_section(section: Callable, limit: float, sizes: Sizes, device: str, out: Path, report: dict) -> dict:
-    """One section in a spawned process under ``limit`` seconds (+ MARGIN_S); its result, whatever happened."""
+    """One section in its own process under ``limit`` seconds (+ MARGIN_S); its result, whatever happened."""
     partial_path = out / "gpu_check.partial.json"
     partial_path.unlink(missing_ok=True)
     tick = time.monotonic()
     args = (section, sizes, device, tick + limit, partial_path, dict(report["sections"]))
-    proc = SPAWN.Process(target=_child, args=args)
+    proc = START.Process(target=_child, args=args)
     proc.start()
     try:
         proc.join(limit + MARGIN_S)
@@ -165,7 +168,7 @@ def main() -> int:
         "sections": {},
     }
     data_root = scratch_dir() / "cityscapes"
-    maker = SPAWN.Process(target=make_data, args=(data_root, sizes.data_hw, sizes.data_images))
+    maker = START.Process(target=make_data, args=(data_root, sizes.data_hw, sizes.data_images))
     maker.start()  # full-size frames take a while on CPU: made while the GPU sections run
     try:
         for name, (seconds, section) in sections(data_root).items():
@@ -179,7 +182,8 @@ def main() -> int:
                 report["sections"][name] = {"status": "skipped", "error": COMPILE_ON_CPU, "results": {}}
                 continue
             if name == "data" and maker.exitcode not in (None, 0):
-                report["sections"][name] = {"status": "failed", "error": "making the data failed", "results": {}}
+                error = f"making the data failed (exit {maker.exitcode}; its traceback is on stderr)"
+                report["sections"][name] = {"status": "failed", "error": error, "results": {}}
                 continue
             print(f"== {name} (up to {min(seconds, left):.0f} s)", flush=True)
             report["sections"][name] = run_section(section, min(seconds, left), sizes, device, args.out, report)

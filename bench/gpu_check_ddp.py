@@ -1,8 +1,8 @@
 """The 2-process section of bench/gpu_check.py: SyncBatchNorm, DDP, the metric's all-reduce, checkpoint and resume.
 
-Two ranks, spawned (never forked: see gpu_check.py): nccl with one GPU each when 2 GPUs exist, else gloo with both
-ranks on the one device (cuda:0, or the CPU in the smoke). At tiny sizes (configs/synthetic_tiny.yaml shrunk, data
-from deeplab.data.synth), each rank checks
+Two ranks (rank 0 the section's process, rank 1 spawned: never forked, see gpu_check.py): nccl with one GPU each
+when 2 GPUs exist, else gloo with both ranks on the one device (cuda:0, or the CPU in the smoke). At tiny sizes
+(configs/synthetic_tiny.yaml shrunk, data from deeplab.data.synth), each rank checks
 - ``syncbn``: the engine's synchronised BN (``deeplab.norm.convert_sync_batchnorm``: torch's nn.SyncBatchNorm on
   CUDA, CpuSyncBatchNorm on CPU) on half a batch against float64 ``batch_norm`` on the whole batch: output, input
   and parameter gradients, running statistics;

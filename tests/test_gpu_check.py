@@ -49,7 +49,7 @@ def test_cpu_smoke_runs_every_section_and_writes_the_table(tmp_path: Path) -> No
         "data": "ok",
         "compile-resnet50": "skipped",
         "compile-resnet101": "skipped",
-    }, errors
+    }, (errors, proc.stderr[-3000:])
     results = {name: s["results"] for name, s in report["sections"].items()}
     losses = results["correctness"]["losses"]
     assert set(losses) == {"fp32", "bf16", "bf16+channels_last"}  # fp16 is GPU-only (GradScaler)
@@ -86,7 +86,7 @@ def gpu_check(monkeypatch: pytest.MonkeyPatch):
     return importlib.import_module("gpu_check")
 
 
-# Sections run in spawned processes, so these are module-level (picklable) functions.
+# Sections run in their own processes (pickled to a forkserver child), so these are module-level functions.
 def fails(ctx) -> None:
     ctx.record("first", 1.0)
     raise RuntimeError("CUDA error: an illegal memory access was encountered")
