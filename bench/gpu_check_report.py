@@ -71,6 +71,35 @@ def _correctness(report: dict) -> list[str]:
     return lines
 
 
+def _ddp(report: dict) -> list[str]:
+    res = _results(report, "ddp")
+    if not res:
+        return []
+    setup, bn, ddp = res.get("setup", {}), res.get("syncbn", {}), res.get("ddp", {})
+    metric, resume = res.get("metric", {}), res.get("resume", {})
+    devices = ", ".join(setup.get("devices", []))
+    tolerance = resume.get("tolerance")
+    rule = "bit for bit" if tolerance == 0 else f"max rel. diff {_f(tolerance)} (CUDA atomics: see gpu_check_ddp.py)"
+    return [
+        "",
+        f"## Two processes: {setup.get('backend', '–')} on {devices or '–'}",
+        "",
+        "| check | figures | ok |",
+        "|---|---|---|",
+        f"| SyncBatchNorm ({bn.get('layer', '–')}) on half a batch vs float64 batch_norm on the whole | worst rel. "
+        f"diff {_f(bn.get('worst'))} (output, grads, running stats) | {bn.get('ok', '–')} |",
+        f"| DDP ({ddp.get('wrapped', '–')}, norms {ddp.get('norm_layers', '–')}): 2 train_steps | parameters "
+        f"identical across ranks: {ddp.get('params_identical_across_ranks', '–')} ({ddp.get('params', '–')}) | "
+        f"{ddp.get('ok', '–')} |",
+        f"| ConfusionMatrix.reduce_from_all_processes vs the sum of both ranks' | {metric.get('pixels', '–')} pixels, "
+        f"equal: {metric.get('equal_to_sum', '–')} | {metric.get('ok', '–')} |",
+        f"| engine.train stopped at {resume.get('stopped_at', '–')}, resumed to {resume.get('iterations', '–')}, vs "
+        f"uninterrupted ({rule}) | bit-identical {resume.get('bit_identical', '–')}, worst rel. diff "
+        f"{_f(resume.get('worst_rel_diff'))}, val mIoU {resume.get('val_mIoU', '–')}, {_f(resume.get('seconds'))} s | "
+        f"{resume.get('ok', '–')} |",
+    ]
+
+
 def _speed_row(report: dict, backbone: str, mode: str, m: dict, flops: int | None) -> str:
     env = _results(report, "env")
     kind = "bf16" if "bf16" in mode else "fp32"
@@ -135,13 +164,15 @@ def _eval_and_data(report: dict) -> list[str]:
             "",
             f"## Evaluation: seconds per {h}x{w} image",
             "",
-            "| model | single scale | 6 scales + flip | 500 images, 6 scales + flip (min) |",
-            "|---|---|---|---|",
+            "| model | single scale | 6 scales + flip | 500 images, 6 scales + flip (min) | peak GiB single / multi |",
+            "|---|---|---|---|---|",
         ]
         for key, r in per_image.items():
             lines.append(
-                f"| {key} | {r['single_s']:.3f} | {r['multi_flip_s']:.3f} | {500 * r['multi_flip_s'] / 60:.1f} |"
+                f"| {key} | {r['single_s']:.3f} | {r['multi_flip_s']:.3f} | {500 * r['multi_flip_s'] / 60:.1f} | "
+                f"{_f(r.get('single_mem_gib'))} / {_f(r.get('multi_flip_mem_gib'))} |"
             )
+        lines += ["", "Each timed after one untimed pass of the same kind (warm: cuDNN's algorithms, the allocator)."]
     data = _results(report, "data")
     if data.get("images_per_s"):
         h, w = sizes["data_hw"]
@@ -162,4 +193,5 @@ def _eval_and_data(report: dict) -> list[str]:
 
 
 def render(report: dict) -> str:
-    return "\n".join(_header(report) + _correctness(report) + _speed(report) + _eval_and_data(report)) + "\n"
+    body = _header(report) + _correctness(report) + _ddp(report) + _speed(report) + _eval_and_data(report)
+    return "\n".join(body) + "\n"

@@ -55,11 +55,14 @@ class Sizes:
     matmul: int = 8192
     rounds: int = 4  # ABAB rounds of the sync-cost comparisons
     head: dict = field(default_factory=dict)  # config overrides of the head's widths (the smoke's are narrow)
+    # torch intra-op threads of a section (0: torch's default). The smoke's tiny ops gain nothing from threads, and on
+    # a loaded 2-core machine every parallel region waits for a descheduled team thread: 1 ran 20-50x faster there.
+    threads: int = 0
 
     @classmethod
     def smoke(cls) -> Sizes:
         narrow = {"model.aspp_channels": 32, "model.low_level_channels": 8, "model.decoder_channels": 32}
-        return cls(32, 2, 3, 1, 1, (32, 64), 1, (128, 256), 4, (1, 2), 0.5, 256, 1, narrow)
+        return cls(32, 2, 3, 1, 1, (32, 64), 1, (128, 256), 4, (1, 2), 0.5, 256, 1, narrow, threads=1)
 
 
 @dataclass

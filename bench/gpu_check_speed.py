@@ -18,6 +18,8 @@ from deeplab.evaluate import predict
 from deeplab.model import build_model
 from deeplab.step import LossWindow, TrainParts, agree, build_parts, train_step
 
+COMPILE_ON_CPU = "CPU smoke: inductor on CPU compiles C++ for minutes; the compiled path is a GPU question"
+
 
 def step_flops(parts: TrainParts, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
     """FLOPs of one train step (forward + backward; torch's flop counter, dense convs as here)."""
@@ -43,7 +45,13 @@ def time_steps(parts: TrainParts, batches: list, ctx: Ctx, with_agree: bool = Fa
     return (time.perf_counter() - tick) / ctx.sizes.timed
 
 
+def _reset_peak_memory(ctx: Ctx) -> None:
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+
+
 def _peak_memory_gib(ctx: Ctx) -> float | None:
+    """Peak memory torch allocated on the GPU since the last reset (None on CPU: no allocator to ask)."""
     return round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 2) if ctx.device.type == "cuda" else None
 
 
@@ -56,8 +64,7 @@ def section_speed(ctx: Ctx, backbone: str) -> None:
     for mode, (amp, channels_last) in MODES.items():
         if ctx.left() < 5:
             return
-        if ctx.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(ctx.device)
+        _reset_peak_memory(ctx)
         if channels_last:
             parts.model.to(memory_format=torch.channels_last)  # in place: the optimizer keeps its parameters
         parts = dataclasses.replace(parts, amp=amp, channels_last=channels_last)
@@ -106,7 +113,7 @@ def _abab(arms: dict, rounds: int) -> dict:
 def section_compile(ctx: Ctx, backbone: str) -> None:
     """torch.compile (inductor, default mode) of the model in bf16 + channels_last: compile time, then s/step."""
     if ctx.device.type != "cuda":
-        raise SkipSection("CPU smoke: inductor on CPU compiles C++ for minutes; the compiled path is a GPU question")
+        raise SkipSection(COMPILE_ON_CPU)
     parts = build_parts(seed_config(backbone, ctx.sizes, "bf16", True), one_gpu(ctx.device))
     parts.ddp_model = torch.compile(parts.model)
     batches = [structured_batch(i, ctx.sizes, ctx.device) for i in range(2)]
@@ -121,7 +128,9 @@ def section_compile(ctx: Ctx, backbone: str) -> None:
 
 
 def section_eval(ctx: Ctx) -> None:
-    """Seconds per whole image (sizes.eval_hw), single scale and the preset's 6 scales + flip."""
+    """Seconds per whole image (sizes.eval_hw), single scale and the preset's 6 scales + flip, each timed warm (after
+    one untimed pass of the same kind: cuDNN picks its algorithms per input size, the allocator grows per size), with
+    the peak memory of each on a GPU."""
     out = {}
     h, w = ctx.sizes.eval_hw
     image = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(ctx.device)
@@ -132,10 +141,13 @@ def section_eval(ctx: Ctx) -> None:
             if ctx.left() < 5:
                 return
             key = f"{backbone} {'fp32' if amp == 'none' else amp}"
-            predict(model, image, (1.0,), False, amp).argmax(1)  # warm-up
-            single = _time_predict(model, image, (1.0,), False, amp, ctx, ctx.sizes.eval_reps)
-            multi = _time_predict(model, image, cfg.eval.scales, True, amp, ctx, 1)
-            out[key] = {"single_s": single, "multi_flip_s": multi, "scales": list(cfg.eval.scales)}
+            runs = {"single": ((1.0,), False, ctx.sizes.eval_reps), "multi_flip": (cfg.eval.scales, True, 1)}
+            out[key] = {"scales": list(cfg.eval.scales)}
+            for name, (scales, flip, reps) in runs.items():
+                _reset_peak_memory(ctx)
+                predict(model, image, scales, flip, amp).argmax(1)  # warm-up: every scale's sizes once
+                out[key][f"{name}_s"] = _time_predict(model, image, scales, flip, amp, ctx, reps)
+                out[key][f"{name}_mem_gib"] = _peak_memory_gib(ctx)
             ctx.record("per_image", out)
 
 

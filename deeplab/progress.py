@@ -14,10 +14,11 @@ class Progress:
 
     def __init__(self, mode: str, total: int, start: int, enabled: bool) -> None:
         use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
-        self.enabled = enabled
+        self.enabled = enabled and mode != "off"
         self.total, self.start = total, start
         self.t0 = time.perf_counter()
-        self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True) if enabled and use_bar else None
+        use_bar = self.enabled and use_bar
+        self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True) if use_bar else None
 
     def step(self, iteration: int, lr: float, loss: float | None) -> None:
         """Called every iteration; ``loss`` is given on logging iterations only."""

@@ -7,6 +7,7 @@ import importlib
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -16,13 +17,19 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# bench/README.md's command, run from the repository root as a user runs it
+SMOKE_COMMAND = "python bench/gpu_check.py --cpu-smoke --out {out}"
 
 
 def test_cpu_smoke_runs_every_section_and_writes_the_table(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    """The documented command in a user's environment: no OMP_NUM_THREADS (with it set to 1 the sections' old fork
+    start hid a libgomp deadlock), no PYTHONPATH; ``python`` is the interpreter running the tests (the venv's)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONPATH")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    command = SMOKE_COMMAND.format(out=shlex.quote(str(tmp_path)))
+    assert command.replace(shlex.quote(str(tmp_path)), "DIR") in (REPO / "bench" / "README.md").read_text()
     proc = subprocess.run(
-        [sys.executable, "bench/gpu_check.py", "--cpu-smoke", "--out", str(tmp_path)],
-        cwd=REPO,
+        ["bash", "-c", f"cd {shlex.quote(str(REPO))} && {command}"],
         env=env,
         capture_output=True,
         text=True,
@@ -35,28 +42,41 @@ def test_cpu_smoke_runs_every_section_and_writes_the_table(tmp_path: Path) -> No
     assert status == {
         "env": "ok",
         "correctness": "ok",
+        "ddp": "ok",
         "speed-resnet50": "ok",
         "speed-resnet101": "ok",
         "eval": "ok",
         "data": "ok",
         "compile-resnet50": "skipped",
         "compile-resnet101": "skipped",
-    }, errors
+    }, (errors, proc.stderr[-3000:])
     results = {name: s["results"] for name, s in report["sections"].items()}
     losses = results["correctness"]["losses"]
     assert set(losses) == {"fp32", "bf16", "bf16+channels_last"}  # fp16 is GPU-only (GradScaler)
     assert all(len(run) == 3 and all(math.isfinite(v) for v in run) for run in losses.values())
     assert results["correctness"]["syncbn"]["grads_finite"] is True
+    ddp = results["ddp"]
+    assert ddp["setup"] == {"backend": "gloo", "devices": ["cpu", "cpu"]} and ddp["ok"] is True
+    assert ddp["syncbn"]["layer"] == "CpuSyncBatchNorm" and ddp["syncbn"]["worst"] < 1e-4
+    assert ddp["ddp"]["wrapped"] == "DistributedDataParallel" and "CpuSyncBatchNorm" in ddp["ddp"]["norm_layers"]
+    assert ddp["ddp"]["params_identical_across_ranks"] is True
+    assert ddp["metric"]["equal_to_sum"] is True and ddp["metric"]["pixels"] == 2 * 2 * 48 * 80
+    resume = ddp["resume"]
+    assert resume["statuses"] == ["finished", "interrupted", "finished"] and resume["stopped_at"] == 2
+    assert resume["bit_identical"] is True and resume["losses_resumed"] == resume["losses_straight"]
+    assert len(resume["losses_straight"]) == resume["iterations"]
     for backbone in ("resnet50", "resnet101"):
         modes = results[f"speed-{backbone}"]["modes"]
         assert set(modes) == {"flops", "fp32", "bf16", "bf16+channels_last"} and modes["flops"] > 1e9
-        assert all(m["s_per_step"] > 0 for k, m in modes.items() if k != "flops")
+        assert all(m["s_per_step"] > 0 and m["mem_gib"] is None for k, m in modes.items() if k != "flops")
     assert "agree_overhead" in results["speed-resnet50"]
-    assert len(results["eval"]["per_image"]) == 4
+    per_image = results["eval"]["per_image"]
+    assert len(per_image) == 4 and all(r["multi_flip_s"] > 0 and "multi_flip_mem_gib" in r for r in per_image.values())
     assert set(results["data"]["images_per_s"]) == {"1", "2"}
     assert set(results["data"]["demand"]) == {"resnet50", "resnet101"}
     table = (tmp_path / "gpu_check.md").read_text()
     assert "## Train step per GPU" in table and "| resnet101 | bf16+channels_last |" in table
+    assert "## Two processes: gloo on cpu, cpu" in table and "stopped at 2, resumed to 4" in table
     assert not list(tmp_path.glob("*partial*"))
 
 
@@ -66,26 +86,39 @@ def gpu_check(monkeypatch: pytest.MonkeyPatch):
     return importlib.import_module("gpu_check")
 
 
+# Sections run in their own processes (pickled to a forkserver child), so these are module-level functions.
+def fails(ctx) -> None:
+    ctx.record("first", 1.0)
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def hangs(ctx) -> None:
+    helper = subprocess.Popen(["sleep", "600"])  # what a section starts (ranks, workers) dies with it
+    ctx.record("helper_pid", helper.pid)
+    time.sleep(600)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "ZX"  # a zombie is dead
+    except (FileNotFoundError, IndexError):
+        return True
+
+
 def test_a_failing_or_hanging_section_is_recorded_and_keeps_its_figures(gpu_check, tmp_path: Path) -> None:
-    def fails(ctx, _data) -> None:
-        ctx.record("first", 1.0)
-        raise RuntimeError("CUDA error: an illegal memory access was encountered")
-
-    def hangs(ctx, _data) -> None:
-        ctx.record("first", 2.0)
-        time.sleep(600)
-
-    sections = {"fails": (5, fails), "hangs": (1, hangs)}
     sizes = gpu_check.Sizes.smoke()
     report = {"sections": {}}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gpu_check, "SECTIONS", sections)
         mp.setattr(gpu_check, "MARGIN_S", 1)
-        failed = gpu_check.run_section("fails", 5, sizes, "cpu", tmp_path, report, {})
+        failed = gpu_check.run_section(fails, 60, sizes, "cpu", tmp_path, report)
         tick = time.monotonic()
-        hung = gpu_check.run_section("hangs", 1, sizes, "cpu", tmp_path, report, {})
+        hung = gpu_check.run_section(hangs, 12, sizes, "cpu", tmp_path, report)  # time to import deeplab, loaded
     assert failed["status"] == "failed" and "illegal memory access" in failed["error"]
     assert failed["results"] == {"first": 1.0}
-    assert hung["status"] == "timeout" and hung["results"] == {"first": 2.0}
+    assert hung["status"] == "timeout" and set(hung["results"]) == {"helper_pid"}
     assert time.monotonic() - tick < 30
-    assert torch.cuda.is_initialized() is False  # the parent never touches CUDA: forking stays safe
+    deadline = time.monotonic() + 10
+    while not _gone(hung["results"]["helper_pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(hung["results"]["helper_pid"])
+    assert torch.cuda.is_initialized() is False  # the parent never touches CUDA

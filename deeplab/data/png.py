@@ -7,6 +7,7 @@ import re
 import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_png
@@ -17,8 +18,9 @@ from deeplab.labels import VALID_LABEL_IDS
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PALETTE = 3  # IHDR colour type
 _OTHER_FORMATS = {b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
-_VALID = torch.zeros(2**16, dtype=torch.bool)  # indexed by the raw value of an 8- or 16-bit label
-_VALID[list(VALID_LABEL_IDS)] = True
+# indexed by the raw value of an 8- or 16-bit label; built without a torch op: an OpenMP-parallel op at import
+# leaves a thread team that deadlocks torch ops in any process forked afterwards (libgomp)
+_VALID = torch.from_numpy(np.isin(np.arange(2**16), list(VALID_LABEL_IDS)))
 
 
 def structure_problem(data: bytes | bytearray | memoryview) -> str | None:

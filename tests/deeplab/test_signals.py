@@ -1,5 +1,6 @@
-"""Job-control signals reach every process of a SLURM step, DataLoader workers included: a worker must neither
-run the main process's handlers (a stop flag, submitit's requeue) nor die of them."""
+"""Processes a job forks behave: job-control signals reach every process of a SLURM step, DataLoader workers
+included, and a worker must neither run the main process's handlers (a stop flag, submitit's requeue) nor die of
+them; a process forked after deeplab is imported can run torch ops (no OpenMP team left behind at import)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,24 @@ def test_dataloader_workers_ignore_job_signals(tiny_data: Path, tmp_path: Path) 
         proc.wait()
     handled = log.read_text().split("\n") if log.exists() else []
     assert not [line for line in handled if line and int(line.split()[0]) != main], handled
+
+
+FORK_AFTER_IMPORT = """
+import multiprocessing, torch
+import deeplab.data.loader, deeplab.engine, deeplab.evaluate, deeplab.step
+def child():
+    a = torch.randn(512, 512)
+    torch.mm(a, a)
+process = multiprocessing.get_context("fork").Process(target=child)
+process.start()
+process.join(60)
+print(process.exitcode)
+"""
+
+
+def test_a_process_forked_after_importing_deeplab_runs_torch_ops() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}  # a user's shell
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_AFTER_IMPORT], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.strip() == "0", out.stderr[-2000:]  # None: the child deadlocked in libgomp
