@@ -25,11 +25,13 @@ from deeplab.engine import train
 from deeplab.tracking import JsonlTracker
 
 KILLS = 8  # 20 proved the same in 2.5x the time: each kill costs a process start
-SETTINGS = {"train.iterations": 24, "train.checkpoint_every": 1, "train.eval_every": 12}
+SETTINGS = {"train.iterations": 40, "train.checkpoint_every": 1, "train.eval_every": 20}
 
 
-def _kill_when(proc: subprocess.Popen, run_dir: Path, in_write: bool, rng: random.Random) -> bool:
-    """SIGKILL ``proc`` as soon as its own checkpoint temp file appears, or at a random moment of its training.
+def _kill_when(proc: subprocess.Popen, run_dir: Path, in_write: bool, rng: random.Random, last: int) -> bool:
+    """SIGKILL ``proc`` as soon as its own checkpoint temp file appears, or at a random moment of its training once
+    it has got two iterations past ``last`` (so a checkpoint newer than the last kill's is complete, however slow
+    the machine: the drill waits for that event, not for a duration).
 
     Returns whether this process was writing a checkpoint at the moment of the kill.
     """
@@ -37,7 +39,7 @@ def _kill_when(proc: subprocess.Popen, run_dir: Path, in_write: bool, rng: rando
 
     def watch() -> None:
         for line in proc.stdout:
-            if line.startswith(b"iter "):
+            if line.startswith(b"iter ") and int(line.split()[1].split(b"/")[0]) >= last + 2:
                 training.set()
 
     threading.Thread(target=watch, daemon=True).start()
@@ -47,7 +49,7 @@ def _kill_when(proc: subprocess.Popen, run_dir: Path, in_write: bool, rng: rando
         while not mine.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.0002)
     else:
-        training.wait(timeout=120)
+        training.wait(timeout=600)  # or the process ended first: the caller sees its exit code
         time.sleep(rng.uniform(0.0, 1.5))
     writing = mine.exists()
     if proc.poll() is None:
@@ -73,7 +75,7 @@ def test_eight_kill_9_then_the_run_completes_bit_identical(tiny_data: Path, tmp_
     last = 0
     while kills < KILLS:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        writing = _kill_when(proc, run_dir, in_write=kills % 2 == 0, rng=rng)
+        writing = _kill_when(proc, run_dir, in_write=kills % 2 == 0, rng=rng, last=last)
         if proc.returncode == 0:  # the run got to the end before this kill: the drill needs more iterations
             finished_early += 1
             break
