@@ -49,6 +49,20 @@ class LocalCluster:
                 return words[0]
         return ""
 
+    def release_requeued(self, job_id: str, timeout: float = 120) -> None:
+        """Start a requeued (PENDING) job now instead of after SLURM's ~120 s hold. Released too early, it fails
+        with "Job credential revoked": slurmd revokes the previous attempt's credential and refuses any credential
+        made in the same second (it compares whole seconds). So wait for the previous attempt's end to be recorded
+        (sacct's REQUEUED row), then for a later second, then release."""
+        deadline = time.monotonic() + timeout
+        argv = ("sacct", "-n", "-X", "--duplicates", "-j", job_id, "-o", "State")
+        while "REQUEUED" not in _run(*argv):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id}: no REQUEUED record after {timeout} s")
+            time.sleep(0.5)
+        time.sleep(2.0 - time.time() % 1.0)  # into a second after the revocation's
+        _run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
     def wait(self, job_id: str, timeout: float = 300) -> str:
         """Poll sacct until the job reaches a final state and return it (jobs of other tests may queue first)."""
         deadline = time.monotonic() + timeout

@@ -81,7 +81,7 @@ def test_requeued_job_runs_again_with_restart_count(slurm_cluster: LocalCluster,
         _wait_for(lambda: out.exists(), "the first attempt")
         subprocess.run(["scontrol", "requeue", job], check=True)
         _wait_for(lambda: _squeue_state(job) == "PENDING", "the requeued job to be pending")
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)  # skip the ~120 s hold
+        slurm_cluster.release_requeued(job)  # skip the ~120 s hold
         _wait_for(lambda: out.read_text().split() == ["restart=0", "restart=1"], "the second attempt")
     finally:
         subprocess.run(["scancel", job], check=True)
@@ -143,7 +143,7 @@ def test_train_sbatch_checkpoints_and_requeues_on_the_time_limit_signal(
         _wait_for(lambda: "requeueing job" in log.read_text() or slurm_cluster.state(job) in ended, "the requeue")
         assert "requeueing job" in log.read_text(), log.read_text()
         _wait_for(lambda: _squeue_state(job) == "PENDING", "the requeued job to be pending")
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+        slurm_cluster.release_requeued(job)
         assert slurm_cluster.wait(job) == "COMPLETED", log.read_text()
     finally:
         subprocess.run(["scancel", job], check=False)
