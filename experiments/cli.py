@@ -1,4 +1,4 @@
-"""``python -m experiments``: sweep, plan, status, cancel, sync, server, demo."""
+"""``python -m experiments``: sweep, advance, plan, status, cancel, sync, server, demo."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from deeplab.arguments import int_in
 from deeplab.errors import run_command
 from deeplab.outputs import check_output_dir
+from experiments.errors import ExperimentsError
 
 if TYPE_CHECKING:
     from experiments.spec import SweepSpec
@@ -17,6 +18,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from experiments.spec import load_spec
 
     spec = load_spec(args.spec)  # a bad spec fails before torch, MLflow and submitit are imported (seconds)
+    if spec.sequential is not None:  # the current look's seeds only; a person asked, so a stall or cancel is lifted
+        from experiments.study import advance
+
+        advance(
+            spec, args.executor, tracking_uri=args.tracking_uri, dry_run=args.dry_run,
+            check_data=not args.no_data_check, resume=True,
+        )  # fmt: skip
+        return 0
     from experiments.sweep import submit
 
     submit(
@@ -26,6 +35,23 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         wait=args.wait,
         tracking_uri=args.tracking_uri,
         check_data=not args.no_data_check,
+    )
+    return 0
+
+
+def _cmd_advance(args: argparse.Namespace) -> int:
+    from experiments.spec import load_spec
+
+    spec = load_spec(args.spec)
+    from experiments.study import advance, follow
+
+    if args.follow:
+        if args.executor not in ("auto", "local"):
+            raise ExperimentsError("--follow runs the looks here, on the local executor; drop --executor")
+        print(follow(spec, tracking_uri=args.tracking_uri).line())
+        return 0
+    advance(
+        spec, args.executor, tracking_uri=args.tracking_uri, dry_run=args.dry_run, check_data=not args.no_data_check
     )
     return 0
 
@@ -55,15 +81,14 @@ def sync(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[list[tuple[s
     Only into the store the runs came from: a missing sqlite store is an error (nothing is created), and a run
     directory whose job reported to a run that this store does not hold (the store was replaced) keeps its spool.
     Spools of runs whose job is alive are left to that job (it replays its spool at its next flush)."""
-    from experiments.errors import ExperimentsError
     from experiments.jobs import alive, read_job
     from experiments.mlflow_tracker import SPOOL_NAME
     from experiments.reconcile import reconcile, replay_spool
-    from experiments.spec import expand_grid
     from experiments.store import check_reachable, child_runs, find_experiment, parent_run, resolve_tracking_uri
+    from experiments.study import spec_runs
 
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
-    runs = expand_grid(spec)
+    runs = spec_runs(spec)
     spooled = [r for r in runs if (r.run_dir / SPOOL_NAME).exists()]
     records = {r.config_hash: rec for r in runs if (rec := read_job(r.run_dir)) is not None}
     if not spooled and not records:
@@ -112,7 +137,6 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
-    from experiments.errors import ExperimentsError
     from experiments.server import start_server, stop_server
     from experiments.store import check_reachable, is_database, redact, resolve_tracking_uri
 
@@ -182,6 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tracking-uri", **uri)
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "advance", help="a sequential study: analyse the finished look, record it, submit the next or close the study"
+    )
+    p.add_argument("spec")
+    p.add_argument("--executor", choices=["auto", "slurm", "local", "debug"], default="auto")
+    p.add_argument("--follow", action="store_true", help="local executor: run look after look here until decided")
+    p.add_argument("--dry-run", action="store_true", help="print where the study stands; record and submit nothing")
+    p.add_argument("--no-data-check", action="store_true", help="skip decoding a real dataset before submitting")
+    p.add_argument("--tracking-uri", **uri)
+    p.set_defaults(func=_cmd_advance)
 
     p = sub.add_parser("status", help="state, iteration and latest val mIoU of every run")
     p.add_argument("spec")

@@ -12,6 +12,10 @@ from experiments.jobs import JobRecord, write_job
 from experiments.launch import RunJob
 
 
+class RunsFailed(ExperimentsError):
+    """Some of the runs a local sweep ran failed (each said why in its line above)."""
+
+
 def run_local(
     queued: tuple[submitit.Executor, list[RunJob]],
     names: list[str],
@@ -40,7 +44,7 @@ def run_local(
                 _report(name, job, failed)
         time.sleep(0.5)
     if failed:
-        raise ExperimentsError(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their MLflow runs and logs)")
+        raise RunsFailed(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their MLflow runs and logs)")
     return started
 
 

@@ -178,6 +178,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(paired, bool):
         raise ExperimentsError(f"sweep spec {path}: analysis.paired must be true or false, got {paired!r}")
     sequential = _sequential(analysis.get("sequential"), grid, f"sweep spec {path}: analysis.sequential")
+    if sequential is not None:
+        _sequential_grid(grid, margin, f"sweep spec {path}")
     base = (path.parent / data["base"]).resolve()
     _check_keys(path, base, grid, "grid")
     _check_keys(path, base, data.get("overrides") or {}, "overrides")
@@ -240,6 +242,27 @@ def _sequential(data: Any, grid: dict[str, list[Any]], where: str) -> Sequential
     if max_seeds is not None and max_seeds > looks[-1] and sd is None:
         raise ExperimentsError(f"{where}.planning_sd: needed when max_seeds lets the pilot raise the maximum")
     return SequentialSpec(tuple(looks), spending, futility, max_seeds, float(sd) if sd is not None else None)
+
+
+def _sequential_grid(grid: dict[str, list[Any]], margin: Any, where: str) -> None:
+    """A sequential study compares two backbones over seeds: one value on every other axis, and a margin."""
+    if margin is None:
+        raise ExperimentsError(f"{where}: analysis.margin is needed by analysis.sequential (points, e.g. 0.5)")
+    if len(grid.get("model.backbone") or []) != 2:
+        raise ExperimentsError(f"{where}: analysis.sequential needs grid.model.backbone, the two backbones compared")
+    seeds = grid.get("train.seed")
+    if (
+        not isinstance(seeds, list)
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        or (len(set(seeds)) != len(seeds))
+    ):
+        raise ExperimentsError(f"{where}: analysis.sequential needs grid.train.seed, a list of distinct whole numbers")
+    wide = [key for key, values in grid.items() if key not in ("model.backbone", "train.seed") and len(values) > 1]
+    if wide:
+        raise ExperimentsError(
+            f"{where}: grid.{wide[0]} has {len(grid[wide[0]])} values, but a sequential study compares one "
+            "configuration of each backbone; make one spec per value"
+        )
 
 
 def _check_keys(path: Path, base: Path, section: dict[str, Any], where: str) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Sequence
 
 from deeplab.tracking import TRAIN_LR, VAL_MIOU
 from experiments.jobs import read_job, sweep_busy
 from experiments.reconcile import reconcile
-from experiments.spec import SweepSpec, expand_grid
+from experiments.spec import RunSpec, SweepSpec, expand_grid
 from experiments.store import (
+    ChildRun,
     check_reachable,
     child_runs,
     find_experiment,
@@ -17,6 +19,7 @@ from experiments.store import (
     metric_histories,
     parent_run,
     resolve_tracking_uri,
+    run_tags,
 )
 
 
@@ -41,8 +44,9 @@ def status_report(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[lis
     experiment_id = find_experiment(uri, spec.experiment)
     parent = parent_run(uri, experiment_id, spec.name) if experiment_id else None
     children = child_runs(uri, experiment_id, parent) if parent else {}
-    runs = expand_grid(spec)
-    notes = []
+    runs, notes = expand_grid(spec), []
+    if spec.sequential is not None:
+        runs, notes = _study_runs(spec, uri, parent, children)
     if busy := sweep_busy(spec.runs_root / spec.name):
         notes.append(f"note: {busy} is submitting this sweep right now; states may change in a moment")
     else:
@@ -73,6 +77,24 @@ def status_report(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[lis
     return notes, rows
 
 
+def _study_runs(
+    spec: SweepSpec, uri: str, parent: str | None, children: dict[str, ChildRun]
+) -> tuple[list[RunSpec], list[str]]:
+    """A sequential study's runs up to its current look, or as far as runs exist; and where it stands."""
+    from experiments.study import advance_job, assess, design_of, study_seeds, with_seeds
+
+    study = assess(spec, children, run_tags(uri, parent) if parent else {})
+    notes = [study.line()]
+    queued = advance_job(spec.runs_root / spec.name)
+    if queued is not None and study.state == "continue":
+        state = _slurm_states([queued.job_id]).get(queued.job_id) or "gone"
+        notes.append(f"advance job {queued.job_id} ({state}): runs `experiments advance` when the look's jobs end")
+    seeds = [str(s) for s in study_seeds(spec, design_of(spec).cap)]
+    used = {c.tags.get("seed") for c in children.values()}
+    shown = max([study.seeds, *(i + 1 for i, s in enumerate(seeds) if s in used)])
+    return expand_grid(with_seeds(spec, shown)), notes
+
+
 def status_rows(spec: SweepSpec, tracking_uri: str | None = None) -> list[dict[str, object]]:
     """The rows of ``status_report``."""
     return status_report(spec, tracking_uri)[1]
@@ -87,13 +109,18 @@ def print_status(rows: list[dict[str, object]], notes: Sequence[str] = ()) -> No
 
 
 def cancel(spec: SweepSpec, tracking_uri: str | None = None) -> int:
-    """scancel the sweep's unfinished SLURM jobs and mark their runs KILLED; returns how many."""
-    rows = status_rows(spec, tracking_uri)
+    """scancel the sweep's unfinished SLURM jobs and mark their runs KILLED; returns how many. A sequential study
+    is marked cancelled and its queued advance job cancelled too: nothing resubmits the runs until a `sweep`."""
+    from experiments.study import spec_runs
+
+    rows = {row["hash"]: row for row in status_rows(spec, tracking_uri)}
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
+    if spec.sequential is not None:
+        _cancel_study(spec, uri)
     count = 0
-    for r, row in zip(expand_grid(spec), rows, strict=True):
-        job = read_job(r.run_dir)
-        if row["status"] in ("FINISHED", "FAILED", "KILLED") or job is None:
+    for r in spec_runs(spec):
+        job, row = read_job(r.run_dir), rows.get(r.config_hash)
+        if row is None or row["status"] in ("FINISHED", "FAILED", "KILLED") or job is None:
             continue
         if job.kind == "slurm":
             subprocess.run(["scancel", job.job_id], check=False)
@@ -101,3 +128,18 @@ def cancel(spec: SweepSpec, tracking_uri: str | None = None) -> int:
             mark_run(uri, str(row["run_id"]), "KILLED", "cancelled by `experiments cancel`")
         count += 1
     return count
+
+
+def _cancel_study(spec: SweepSpec, uri: str) -> None:
+    import time
+
+    from experiments.store import set_tags
+    from experiments.study import CANCELLED_TAG, advance_job
+
+    queued = advance_job(spec.runs_root / spec.name)
+    if queued is not None and queued.kind == "slurm" and shutil.which("scancel"):
+        subprocess.run(["scancel", queued.job_id], check=False)
+    experiment_id = find_experiment(uri, spec.experiment)
+    if experiment_id and (parent := parent_run(uri, experiment_id, spec.name)):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime())
+        set_tags(uri, parent, {CANCELLED_TAG: f"cancelled by `experiments cancel` at {when}"})

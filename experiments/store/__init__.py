@@ -62,7 +62,9 @@ from experiments.store.write import (
     params_of,
     record_run,
     run_status,
+    run_tags,
     set_status,
+    set_tags,
     tags_of,
 )
 
@@ -110,8 +112,10 @@ __all__ = [
     "run_page_url",
     "run_records",
     "run_status",
+    "run_tags",
     "runs_page_url",
     "set_status",
+    "set_tags",
     "sqlite_path",
     "sweep_axes",
     "tags_of",

@@ -78,6 +78,20 @@ def mark_run(uri: str, run_id: str, status: str, reason: str | None = None) -> N
     set_status(uri, run_id, status)
 
 
+def run_tags(uri: str, run_id: str) -> dict[str, str]:
+    return dict(open_client(uri).get_run(run_id).data.tags)
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str | None]) -> None:
+    """Set tags; a None value deletes the tag (absent already: nothing to do)."""
+    client = open_client(uri)
+    if kept := {k: v for k, v in tags.items() if v is not None}:
+        log(uri, run_id, tags=kept)
+    for key in (k for k, v in tags.items() if v is None):
+        if key in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, key)
+
+
 def run_status(uri: str, run_id: str) -> str:
     return open_client(uri).get_run(run_id).info.status
 

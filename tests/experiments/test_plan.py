@@ -170,6 +170,27 @@ def test_a_bad_sequential_section_is_one_line_naming_the_field(tmp_path: Path, s
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("analysis", "grid", "message"),
+    [
+        ({}, {}, "analysis.margin is needed by analysis.sequential"),
+        ({"margin": 0.5}, {"model.backbone": ["resnet50"]}, "needs grid.model.backbone, the two backbones compared"),
+        ({"margin": 0.5}, {"train.iterations": [20000, 40000]}, "grid.train.iterations has 2 values, but a sequential"),
+        ({"margin": 0.5}, {"train.seed": [0, 0] + list(range(1, 15))}, "grid.train.seed, a list of distinct whole"),
+    ],
+)
+def test_a_sequential_study_compares_one_configuration_of_two_backbones(
+    tmp_path: Path, analysis: dict, grid: dict, message: str
+) -> None:
+    path = _write(tmp_path, {**analysis, "sequential": {"looks": [8, 16]}})
+    spec = yaml.safe_load(path.read_text())
+    spec["grid"] |= grid
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
+    with pytest.raises(ExperimentsError) as err:
+        load_spec(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
 def test_the_spec_names_the_spending_functions_analysis_knows() -> None:
     assert analysis_spending == SPENDING
 

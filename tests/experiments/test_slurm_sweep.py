@@ -328,3 +328,47 @@ def test_a_signalled_run_checkpoints_its_iteration_requeues_once_and_ends_bit_id
     different = [k for k in expected if not torch.equal(resumed["model"][k], expected[k])]
     assert not different, f"{len(different)} of {len(expected)} tensors differ, e.g. {different[:3]}"
     assert resumed["final_metrics"] == metrics
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_sequential_sweep_queues_an_advance_job_that_analyses_the_look_and_submits_the_next(
+    slurm_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """`sweep` of a sequential spec submits the first look and a CPU job with afterany on its array; that job
+    records the look on the parent run, submits the next look's seeds and queues the next advance job."""
+    from experiments.study import SEEDS_TAG, STATE_TAG, advance_job, look_tag
+
+    path = _write_spec(tmp_path, slurm_cluster, "study", grid={"model.backbone": ["resnet50", "resnet101"],
+                                                               "train.seed": [0, 1, 2]})  # fmt: skip
+    data = yaml.safe_load(path.read_text())
+    data["analysis"] = {"margin": 0.001, "sequential": {"looks": [2, 3]}}  # look 1 cannot close it
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    spec = load_spec(path)
+    folder, second = spec.runs_root / spec.name, None
+    try:
+        out = _cli("sweep", str(path), "--executor", "slurm")
+        assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+        assert "submitted 4 runs (slurm)" in out.stdout
+        first = advance_job(folder)
+        array = {read_job(r.run_dir).job_id.split("_")[0] for r in expand_grid(spec) if r.config.train.seed < 2}
+        assert (
+            first is not None and f"queued advance job {first.job_id}: it runs after job(s) {array.pop()}" in out.stdout
+        )
+        assert slurm_cluster.wait(first.job_id, timeout=600) == "COMPLETED", _logs(spec)
+        tags = (
+            MlflowClient(spec.tracking_uri)
+            .get_run(next(iter(_children(spec).values())).data.tags["mlflow.parentRunId"])
+            .data.tags
+        )
+        assert look_tag(1) in tags and tags[STATE_TAG] == "continue" and tags[SEEDS_TAG] == "3", _logs(spec)
+        look2 = [r for r in expand_grid(spec) if r.config.train.seed == 2]
+        assert all(read_job(r.run_dir).kind == "slurm" for r in look2)
+        second = advance_job(folder)
+        assert second.job_id != first.job_id and _squeue_state(second.job_id) == "PENDING"
+        status = _cli("status", str(path))
+        assert f"advance job {second.job_id} (PENDING)" in status.stdout
+    finally:
+        cancelled = _cli("cancel", str(path))
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert second is not None and slurm_cluster.wait(second.job_id, timeout=120) == "CANCELLED"

@@ -120,5 +120,6 @@ def test_slurm_without_sbatch_is_refused(tmp_path: Path) -> None:
 def test_dry_run_creates_nothing(tmp_path: Path) -> None:
     out = _cli("sweep", str(SWEEPS / "r50_vs_r101_cityscapes.yaml"), "--dry-run", "--executor", "local", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "dry run: 32 runs, nothing submitted" in out.stdout
+    assert out.stdout.startswith("study: look 1 needs 4 seeds per backbone: 0/8 runs FINISHED\n")  # sequential
+    assert "dry run: 8 runs, nothing submitted" in out.stdout
     assert not (tmp_path / "mlflow.db").exists()
