@@ -346,9 +346,11 @@ def follow(spec: SweepSpec, *, tracking_uri: str | None = None, poll_s: float = 
     closes (or stalls)."""
     from experiments.follow import RunsFailed
 
+    check_data = True  # a real dataset is decoded once, before the first look
     while True:
         try:
-            assessment, jobs = advance(spec, "local", tracking_uri=tracking_uri)
+            assessment, jobs = advance(spec, "local", tracking_uri=tracking_uri, check_data=check_data)
+            check_data = False
         except RunsFailed as err:  # resubmitted at the next round, at most MAX_RESUBMITS times
             print(f"{err}; advancing again", flush=True)
             continue

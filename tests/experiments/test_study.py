@@ -155,6 +155,14 @@ def test_failed_runs_are_resubmitted_counted_then_stall_until_a_person_sweeps(tm
     assert len(jobs) == 1 and _children(spec)["resnet101", 1].tags[RESUBMITS_TAG] == "1"
 
 
+def test_advance_refuses_a_spec_without_looks_in_one_line(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    spec.sequential = None
+    with pytest.raises(ExperimentsError, match=r"^sweep spec .*study.yaml: no analysis.sequential section"):
+        advance(spec, "debug")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_a_cancelled_study_waits_for_a_sweep(tmp_path: Path) -> None:
     from experiments.status import cancel
 
