@@ -28,6 +28,14 @@ from deeplab.yaml_loader import describe_yaml_error, load_yaml_file, parse_yaml
 SEED_RANGE = range(2**32)
 #: (height, width) bounds of a synthetic dataset: twice Cityscapes at most, so a typo cannot fill the memory.
 SYNTH_SIZE_RANGE = ((32, 4096), (32, 8192))
+# Upper bounds far beyond any recipe, so that a typo (an extra digit) is one line here, not tens of GB allocated
+# by a worker or a GPU minutes later: a crop twice a Cityscapes frame, a scale that makes it 8× larger, ...
+CROP_RANGE = (32, 4096)
+MAX_SCALE, MAX_SCALES = 8.0, 32
+MAX_BATCH = 256
+MAX_WORKERS = 256
+MAX_CHANNELS = 4096
+MAX_SYNTH_IMAGES = 100_000
 
 
 @dataclass
@@ -306,17 +314,20 @@ def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
     d, t = cfg.data, cfg.train
     # smaller crops leave a 1x1 map at the backbone's stride 16, which BatchNorm cannot train on at batch 1
-    _check(all(s >= 32 for s in d.crop_size), "data.crop_size", ">= 32 each", list(d.crop_size))
-    _check(len(d.scales) > 0 and all(s > 0 for s in d.scales), "data.scales", "positive numbers", d.scales)
+    lo, hi = CROP_RANGE
+    _check(all(lo <= s <= hi for s in d.crop_size), "data.crop_size", f"{lo}..{hi} each", list(d.crop_size))
+    scales_ok = 0 < len(d.scales) <= MAX_SCALES and all(0 < s <= MAX_SCALE for s in d.scales)
+    _check(scales_ok, "data.scales", f"1 to {MAX_SCALES} numbers in (0, {MAX_SCALE:g}]", d.scales)
     _check(0.0 <= d.hflip <= 1.0, "data.hflip", "in [0, 1]", d.hflip)
     _check(all(0.0 <= j < 1.0 for j in d.color_jitter), "data.color_jitter", "each in [0, 1)", d.color_jitter)
     _check(all(s > 0 for s in d.std), "data.std", "positive", d.std)
-    _check(d.batch_size_per_gpu >= 1, "data.batch_size_per_gpu", ">= 1", d.batch_size_per_gpu)
-    _check(d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers)
+    _check(1 <= d.batch_size_per_gpu <= MAX_BATCH, "data.batch_size_per_gpu", f"1..{MAX_BATCH}", d.batch_size_per_gpu)
+    _check(0 <= d.num_workers <= MAX_WORKERS, "data.num_workers", f"0..{MAX_WORKERS}", d.num_workers)
     _check(d.val_max_images >= 0, "data.val_max_images", ">= 0", d.val_max_images)
     if d.synthetic is not None:
         s = d.synthetic
-        _check(s.train >= 1 and s.val >= 1, "data.synthetic.train/val", ">= 1", (s.train, s.val))
+        count_ok = 1 <= s.train <= MAX_SYNTH_IMAGES and 1 <= s.val <= MAX_SYNTH_IMAGES
+        _check(count_ok, "data.synthetic.train/val", f"1..{MAX_SYNTH_IMAGES} each", (s.train, s.val))
         (h_lo, h_hi), (w_lo, w_hi) = SYNTH_SIZE_RANGE
         size_ok = h_lo <= s.height <= h_hi and w_lo <= s.width <= w_hi
         _check(size_ok, "data.synthetic.height/width", f"in {h_lo}..{h_hi} x {w_lo}..{w_hi}", (s.height, s.width))
@@ -326,7 +337,7 @@ def validate(cfg: Config) -> None:
     void = f"{IGNORE_INDEX} (void in the masks)"
     _check(cfg.loss.ignore_index == IGNORE_INDEX, "loss.ignore_index", void, cfg.loss.ignore_index)
     for key in ("aspp_channels", "low_level_channels", "decoder_channels"):
-        _check(getattr(m, key) >= 1, f"model.{key}", ">= 1", getattr(m, key))
+        _check(1 <= getattr(m, key) <= MAX_CHANNELS, f"model.{key}", f"1..{MAX_CHANNELS}", getattr(m, key))
     _check(0.0 < cfg.loss.ohem_thresh <= 1.0, "loss.ohem_thresh", "in (0, 1]", cfg.loss.ohem_thresh)
     _check(cfg.loss.ohem_min_kept_divisor >= 1, "loss.ohem_min_kept_divisor", ">= 1", cfg.loss.ohem_min_kept_divisor)
     _check(cfg.optim.lr > 0, "optim.lr", "> 0", cfg.optim.lr)
@@ -345,7 +356,8 @@ def validate(cfg: Config) -> None:
     for key, seed in seeds.items():
         _check(seed in SEED_RANGE, key, f"in 0..{SEED_RANGE[-1]} (what numpy's RNG takes)", seed)
     e = cfg.eval
-    _check(len(e.scales) > 0 and all(s > 0 for s in e.scales), "eval.scales", "positive numbers", e.scales)
+    scales_ok = 0 < len(e.scales) <= MAX_SCALES and all(0 < s <= MAX_SCALE for s in e.scales)
+    _check(scales_ok, "eval.scales", f"1 to {MAX_SCALES} numbers in (0, {MAX_SCALE:g}]", e.scales)
     _validate_fidelity(cfg)
 
 

@@ -41,13 +41,48 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# A config or spec has hundreds of values; aliases that expand to more are a "billion laughs" document, refused
+# from its node graph before anything is built (the built objects share lists, but copying them would not).
+MAX_EXPANDED_NODES = 100_000
+
+
+class AliasBombError(yaml.YAMLError):
+    """A document whose aliases expand to more values than any config holds."""
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes of the document once every alias is expanded (shared nodes counted each time they are used)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a recursive alias counts once here; the constructor rejects nothing, but the cap holds
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = min(size, MAX_EXPANDED_NODES + 1)
+    return memo[id(node)]
+
+
 def parse_yaml(text: str | bytes) -> Any:
-    """Parse YAML text with UniqueKeyLoader (raises ``yaml.YAMLError``)."""
-    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+    """Parse YAML text with UniqueKeyLoader (raises ``yaml.YAMLError``; AliasBombError past MAX_EXPANDED_NODES)."""
+    loader = UniqueKeyLoader(text)  # a SafeLoader subclass: no arbitrary objects
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+            raise AliasBombError(f"its aliases expand to more than {MAX_EXPANDED_NODES:,} values; refused unread")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def describe_yaml_error(err: yaml.YAMLError) -> str:
     """``line N: duplicate key 'model' (first at line M)`` or ``line N: not valid YAML (problem)``."""
+    if isinstance(err, AliasBombError):
+        return f": {err}"
     if isinstance(err, yaml.reader.ReaderError):  # bytes that are not text (binary data, another encoding)
         return f": not valid YAML (byte {err.position}: {err.reason})"
     mark = getattr(err, "problem_mark", None)

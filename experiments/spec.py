@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ class LocalSpec:
 # analysis.sequential.SPENDING, written out: experiments/ is to import nothing from analysis/ (a test keeps them equal)
 SPENDING = ("obrien-fleming", "pocock")
 MAX_LOOKS = 6
+MAX_RUNS = 10_000  # runs one spec may expand to: each is an MLflow run, a run directory and a job
+MAX_SEEDS = 1_000  # seeds per backbone a sequential study may raise its maximum to
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,10 @@ def load_spec(path: str | Path) -> SweepSpec:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ExperimentsError(f"sweep spec {path}: grid.{key} must be a non-empty list, got {values!r}")
+    if (cells := math.prod(len(v) for v in grid.values())) > MAX_RUNS:
+        raise ExperimentsError(
+            f"sweep spec {path}: the grid expands to {cells:,} runs; at most {MAX_RUNS:,} per spec (split it)"
+        )
     executor = data.get("executor") or {}
     _unknown(executor, {"slurm", "local"}, f"sweep spec {path}: executor")
     tracking = data.get("tracking") or {}
@@ -232,10 +239,11 @@ def _sequential(data: Any, grid: dict[str, list[Any]], where: str) -> Sequential
         raise ExperimentsError(f"{where}.futility must be true or false, got {futility!r}")
     max_seeds, sd = data.get("max_seeds"), data.get("planning_sd")
     if max_seeds is not None and (
-        isinstance(max_seeds, bool) or not isinstance(max_seeds, int) or max_seeds < looks[-1]
+        isinstance(max_seeds, bool) or not isinstance(max_seeds, int) or not looks[-1] <= max_seeds <= MAX_SEEDS
     ):
         raise ExperimentsError(
-            f"{where}.max_seeds must be a whole number ≥ the last look ({looks[-1]}), got {max_seeds!r}"
+            f"{where}.max_seeds must be a whole number from the last look ({looks[-1]}) to {MAX_SEEDS}, "
+            f"got {max_seeds!r}"
         )
     if sd is not None and not _positive(sd):
         raise ExperimentsError(f"{where}.planning_sd must be a positive number (points), got {sd!r}")

@@ -16,7 +16,7 @@ import numpy as np
 from cityscapesscripts.helpers.labels import name2label
 from PIL import Image
 
-from deeplab.config import SEED_RANGE, SYNTH_SIZE_RANGE, SynthConfig
+from deeplab.config import MAX_SYNTH_IMAGES, SEED_RANGE, SYNTH_SIZE_RANGE, SynthConfig
 from deeplab.errors import DeeplabError
 
 CITIES = {"train": ("aachen", "bochum", "bremen"), "val": ("frankfurt", "lindau", "munster"), "test": ("berlin",)}
@@ -135,8 +135,8 @@ def _write_split(root: Path, split: str, count: int, h: int, w: int, rng: np.ran
 def synthesize(out: Path, *, train: int, val: int, height: int, width: int, seed: int = 0) -> Path:
     """Write ``train`` + ``val`` synthetic image/label pairs under ``out`` atomically (temp dir, then rename)."""
     out = Path(out)
-    if train < 1 or val < 1:
-        raise DeeplabError(f"data synth: --train and --val must be >= 1, got {train} and {val}")
+    if not (1 <= train <= MAX_SYNTH_IMAGES and 1 <= val <= MAX_SYNTH_IMAGES):
+        raise DeeplabError(f"data synth: --train and --val must be in 1..{MAX_SYNTH_IMAGES}, got {train} and {val}")
     (h_lo, h_hi), (w_lo, w_hi) = SYNTH_SIZE_RANGE
     if not (h_lo <= height <= h_hi and w_lo <= width <= w_hi):
         raise DeeplabError(

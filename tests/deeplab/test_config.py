@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from deeplab.config import (
     to_dict,
 )
 from deeplab.errors import DeeplabError
+from deeplab.yaml_loader import parse_yaml
 
 
 def test_defaults_round_trip_through_yaml(tmp_path: Path) -> None:
@@ -93,7 +95,15 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
         ("loss.ohem_thresh='NaN'", "loss.ohem_thresh must be a finite number"),
         ("data.mean=[0.4, .nan, 0.4]", "data.mean[1] must be a finite number"),
         ("eval.scales=[1.0, 1e999]", "eval.scales[1] must be a finite number"),
-        ("data.crop_size=[8, 8]", "data.crop_size must be >= 32 each"),
+        ("data.crop_size=[8, 8]", "data.crop_size must be 32..4096 each"),
+        # sizes that would allocate tens of GB somewhere later: refused here, at once
+        ("data.crop_size=[100000, 768]", "data.crop_size must be 32..4096 each"),
+        ("data.scales=[0.5, 1000]", "data.scales must be 1 to 32 numbers in (0, 8]"),
+        ("eval.scales=[1.0, 64]", "eval.scales must be 1 to 32 numbers in (0, 8]"),
+        ("data.batch_size_per_gpu=100000", "data.batch_size_per_gpu must be 1..256"),
+        ("data.num_workers=100000", "data.num_workers must be 0..256"),
+        ("model.aspp_channels=1000000", "model.aspp_channels must be 1..4096"),
+        ("data.synthetic={train: 1000000000}", "data.synthetic.train/val must be 1..100000 each"),
         ("data.synthetic={height: 100000}", "data.synthetic.height/width must be in 32..4096 x 32..8192"),
         ("model.num_classes=21", "model.num_classes must be 19 (the evaluated train ids"),
         ("model.num_classes=34", "model.num_classes must be 19"),
@@ -111,6 +121,19 @@ def test_numbers_the_run_cannot_use_are_refused(tmp_path: Path, override: str, n
     with pytest.raises(DeeplabError) as err:
         load_config(tmp_path / "c.yaml", [override])
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_yaml_alias_bomb_is_refused_in_one_line_before_it_is_built(tmp_path: Path) -> None:
+    """Nine levels of ten aliases: 10⁹ values once expanded (a deep copy of them would never end)."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\ndata: {root: *a9}\n")
+    started = time.monotonic()
+    with pytest.raises(DeeplabError) as err:
+        load_config(tmp_path / "bomb.yaml")
+    assert time.monotonic() - started < 5
+    assert "bomb.yaml: its aliases expand to more than 100,000 values; refused unread" in str(err.value)
+    assert parse_yaml("base: &b {train: 2}\nagain: *b\n") == {"base": {"train": 2}, "again": {"train": 2}}
 
 
 def test_the_seed_range_ends_are_accepted() -> None:

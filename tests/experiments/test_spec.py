@@ -66,6 +66,15 @@ def _spec(tmp_path: Path, body: str, name: str = "spec.yaml") -> Path:
         ("grid: {optim.lr: [.nan]}\n", "optim.lr must be a finite number"),
         ("grid: {model.num_classes: [19, 21]}\n", "model.num_classes must be 19"),
         ("grid: {train.seed: [0]}\nexecutor: {slurm: {mem: 4G, mem: 8G}}\n", "duplicate key 'mem'"),
+        # millions of runs, refused from the list lengths before one config is built
+        (
+            "grid:\n  train.seed: ["
+            + ", ".join(map(str, range(1000)))
+            + "]\n  optim.lr: ["
+            + ", ".join(f"0.0{i + 1}" for i in range(1000))
+            + "]\n",
+            "the grid expands to 1,000,000 runs; at most 10,000 per spec (split it)",
+        ),
     ],
 )
 def test_bad_specs_are_named(tmp_path: Path, body: str, needle: str) -> None:
