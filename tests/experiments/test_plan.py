@@ -177,7 +177,7 @@ def test_a_bad_sequential_section_is_one_line_naming_the_field(tmp_path: Path, s
         ({}, {}, "analysis.margin is needed by analysis.sequential"),
         ({"margin": 0.5}, {"model.backbone": ["resnet50"]}, "needs grid.model.backbone, the two backbones compared"),
         ({"margin": 0.5}, {"train.iterations": [20000, 40000]}, "grid.train.iterations has 2 values, but a sequential"),
-        ({"margin": 0.5}, {"train.seed": [0, 0] + list(range(1, 15))}, "grid.train.seed, a list of distinct whole"),
+        ({"margin": 0.5}, {"train.seed": [0, 0, *range(1, 15)]}, "grid.train.seed, a list of distinct whole"),
     ],
 )
 def test_a_sequential_study_compares_one_configuration_of_two_backbones(
