@@ -81,9 +81,11 @@ class StopFlag:
 
 @contextlib.contextmanager
 def signal_handlers(
-    flag: StopFlag, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+    flag: StopFlag,
+    signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT),
 ):
-    """SIGTERM/SIGUSR1/SIGUSR2/SIGINT → ``flag.request``; previous handlers restored on exit (main thread only)."""
+    """SIGTERM/SIGHUP/SIGUSR1/SIGUSR2/SIGINT → ``flag.request`` (a hang-up, e.g. an ssh drop, checkpoints like a
+    SIGTERM); previous handlers restored on exit (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
@@ -269,7 +271,9 @@ def _train(
     elif info.is_main:
         _fresh_run(cfg, run_dir, info, tracker)
     batches = build_train_loader(cfg, info.rank, info.world_size, start)
-    bar = Progress(progress, cfg.train.iterations, start, enabled=info.is_main)
+    bar = Progress(
+        progress, cfg.train.iterations, start, enabled=info.is_main, on_closed=stop.request if stop else None
+    )
     try:
         window = LossWindow(info.device, window, info.rank)
         run = _Run(cfg, run_dir, info, parts, tracker, stop, bar, val_dataset, window, on_iteration)

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from typing import TextIO
 
 from tqdm import tqdm
 
 
-class Progress:
-    """Rank 0 shows progress; other ranks stay quiet."""
+def _silence(stream: TextIO) -> None:
+    """Point a closed pipe's descriptor at /dev/null: later writes (the last lines, the tracker's) succeed."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, stream.fileno())
+    finally:
+        os.close(null)
 
-    def __init__(self, mode: str, total: int, start: int, enabled: bool) -> None:
+
+class Progress:
+    """Rank 0 shows progress; other ranks stay quiet. When the reader of its output goes away (``| head`` ended,
+    the terminal closed) the output goes to /dev/null and ``on_closed`` asks the run to checkpoint and stop."""
+
+    def __init__(
+        self, mode: str, total: int, start: int, enabled: bool, on_closed: Callable[[], None] | None = None
+    ) -> None:
+        self.on_closed = on_closed
         use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
         self.enabled = enabled and mode != "off"
         self.total, self.start = total, start
@@ -25,27 +42,37 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.update(1)
-            if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.6f}")
+            with self._guard(sys.stderr):
+                self.bar.update(1)
+                if loss is not None:
+                    self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.6f}")
             return
         if loss is None:
             return
         elapsed = time.perf_counter() - self.t0
         rate = (iteration - self.start) / elapsed if elapsed > 0 else 0.0
         eta = datetime.timedelta(seconds=round((self.total - iteration) / rate)) if rate > 0 else "?"
-        print(
-            f"iter {iteration}/{self.total} lr {lr:.6f} loss {loss:.4f} eta {eta} it/s {rate:.2f}",
-            flush=True,
-        )
+        with self._guard(sys.stdout):
+            print(f"iter {iteration}/{self.total} lr {lr:.6f} loss {loss:.4f} eta {eta} it/s {rate:.2f}", flush=True)
 
     def message(self, text: str) -> None:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.write(text)
+            with self._guard(sys.stderr):
+                self.bar.write(text)
         else:
-            print(text, flush=True)
+            with self._guard(sys.stdout):
+                print(text, flush=True)
+
+    @contextlib.contextmanager
+    def _guard(self, stream: TextIO) -> Iterator[None]:
+        try:
+            yield
+        except BrokenPipeError:
+            _silence(stream)
+            if self.on_closed is not None:
+                self.on_closed()
 
     def close(self) -> None:
         if self.bar is not None:

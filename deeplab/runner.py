@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -47,7 +48,8 @@ def train_from_cli(cfg: Config, run_dir: Path, progress: str = "auto", device: s
         return EXIT_INTERRUPTED
     if tracker is not None:
         tracker.close("FINISHED")
-        print(f"val mIoU {result.metrics['val/mIoU']:.2f} (run dir {run_dir})")
+        with contextlib.suppress(BrokenPipeError):  # recorded already; nobody reads the line any more
+            print(f"val mIoU {result.metrics['val/mIoU']:.2f} (run dir {run_dir})", flush=True)
     return 0
 
 

@@ -11,7 +11,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-JOB_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+JOB_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def ignore_job_signals(_worker_id: int = 0) -> None:

@@ -53,7 +53,7 @@ def shield_requeue_from_sigterm() -> None:
 
 
 REQUEUE_SIGNAL = signal.SIGUSR2  # submitit's default (SUBMITIT_PREEMPT_SIGNAL): sent `signal_lead_s` before the limit
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, REQUEUE_SIGNAL)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, REQUEUE_SIGNAL)
 LATE_REQUEUE_S = 10.0  # a preemption's SIGUSR2 may trail its SIGTERM: rank 0 waits this long before giving up
 
 
