@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from typing import TYPE_CHECKING
 
 from deeplab.arguments import int_in
@@ -150,6 +151,12 @@ def _cmd_server(args: argparse.Namespace) -> int:
     artifacts = check_output_dir(args.artifact_root, "--artifact-root").resolve()
     check_reachable(backend)  # a database that does not answer fails here in seconds, not after the /health wait
     ready = f"MLflow server on http://{args.host}:{args.port} (backend {redact(backend)}); Ctrl-C stops it"
+
+    def stop(_signum: int, _frame: object) -> None:  # a kill or a hang-up stops the server too, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
     proc = start_server(backend, artifacts, args.host, args.port)
     try:  # printed inside: a Ctrl-C right after it must still stop the server (it runs in its own session)
         print(ready, flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import socket
@@ -83,6 +84,7 @@ def start_server(
             file=sys.stderr,
             flush=True,
         )
+    _check_port_free(host, port)
     artifact_root.mkdir(parents=True, exist_ok=True)
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below: the child has its own copy)
     try:
@@ -104,6 +106,21 @@ def start_server(
     return proc
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Another process listening on the port would answer /health in our server's place: refuse to start."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ExperimentsError(
+                    f"port {port} on {host} is in use (another server?); stop it or choose another --port"
+                ) from None
+            raise ExperimentsError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
 def _wait_healthy(proc: subprocess.Popen, host: str, port: int, log: Path | None, timeout_s: float) -> None:
     probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # the address it listens on
     url = f"http://{'[' + probe + ']' if ':' in probe else probe}:{port}/health"
@@ -114,7 +131,7 @@ def _wait_healthy(proc: subprocess.Popen, host: str, port: int, log: Path | None
                 f"mlflow server exited with status {proc.returncode} (log: {log or 'not kept'}){_last_line(log)}"
             )
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
-            if response.status == 200:
+            if response.status == 200 and proc.poll() is None:  # ours answered, not a server that took the port
                 return
         time.sleep(0.5)
     raise ExperimentsError(f"mlflow server on port {port} did not answer /health within {timeout_s:.0f} s")

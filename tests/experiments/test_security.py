@@ -9,6 +9,7 @@ import os
 import secrets
 import select
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -186,14 +187,17 @@ def _announcement(proc: subprocess.Popen, timeout_s: float = 180) -> str:
     return line.strip()
 
 
-def _stop(proc: subprocess.Popen) -> str:
-    """Ctrl-C the server command; its stderr (asserted clean exit)."""
-    proc.send_signal(signal.SIGINT)
+def _stop(proc: subprocess.Popen, signum: int = signal.SIGINT) -> str:
+    """Signal the server command (Ctrl-C by default); its stderr (asserted clean exit)."""
+    proc.send_signal(signum)
     assert proc.wait(timeout=60) == 0
     return proc.stderr.read()
 
 
-def test_server_listens_on_loopback_by_default_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["Ctrl-C", "kill", "hang-up"])
+def test_server_listens_on_loopback_by_default_and_a_stop_signal_stops_its_mlflow_server(
+    tmp_path: Path, signum: int
+) -> None:
     assert build_parser().parse_args(["server"]).host == "127.0.0.1"
     port = free_port()
     store = f"--backend-store-uri=sqlite:///{tmp_path / 'mlflow.db'}"
@@ -201,9 +205,22 @@ def test_server_listens_on_loopback_by_default_and_ctrl_c_stops_it(tmp_path: Pat
         line = _announcement(proc)
         assert line.startswith(f"MLflow server on http://127.0.0.1:{port} (backend sqlite:///"), line
         assert _listening(port) == {"127.0.0.1"}
-        assert "warning" not in _stop(proc)
+        assert "warning" not in _stop(proc, signum)
+    assert _listening(port) == set()  # the mlflow server (its own session) is gone, not orphaned
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_a_port_in_use_is_an_error_not_a_success_line_for_another_server(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = _cli("experiments", "server", f"--port={port}", f"--artifact-root={tmp_path / 'art'}", cwd=tmp_path)
+    assert out.returncode == 2 and "MLflow server on" not in out.stdout
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"error: port {port} on 127.0.0.1 is in use (another server?); stop it or choose another --port"
+    )
 
 
 def test_server_on_a_non_loopback_host_warns_in_one_line(tmp_path: Path) -> None:
