@@ -10,6 +10,7 @@ import submitit
 from experiments.errors import ExperimentsError
 from experiments.jobs import JobRecord, write_job
 from experiments.launch import RunJob
+from experiments.store import run_status
 
 
 class RunsFailed(ExperimentsError):
@@ -33,6 +34,9 @@ def run_local(
     while queue or running:
         while queue and len(running) < parallelism:
             name, job_in, run_dir, run_id = queue.pop(0)
+            if run_status(job_in.tracking_uri, run_id) == "KILLED":  # `experiments cancel` while it waited
+                print(f"  skip  {name}: cancelled", flush=True)
+                continue
             job = executor.submit(job_in)
             write_job(run_dir, JobRecord.local("local", str(job.job_id), run_id, int(job.job_id)))
             running[name] = job
@@ -51,7 +55,10 @@ def run_local(
 def _report(name: str, job: submitit.Job, failed: list[str]) -> None:
     try:
         metrics = job.results()[0]  # rank 0's; `result()` refuses multi-task (DDP) jobs
-        print(f"  done  {name}: val mIoU {metrics.get('val/mIoU', float('nan')):.2f}", flush=True)
+        if "val/mIoU" not in metrics:  # stopped by a signal (e.g. `experiments cancel`) after its checkpoint
+            print(f"  stopped {name}: checkpointed before its last iteration", flush=True)
+            return
+        print(f"  done  {name}: val mIoU {metrics['val/mIoU']:.2f}", flush=True)
     except Exception as err:  # the job's own error, in one line
         failed.append(name)
         print(f"  FAILED {name}: {failure_line(str(err))[:300]}", flush=True)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Sequence
 
+from deeplab.lease import Holder
 from deeplab.tracking import TRAIN_LR, VAL_MIOU
-from experiments.jobs import read_job, sweep_busy
+from experiments.jobs import JobRecord, read_job, sweep_busy
 from experiments.reconcile import reconcile
 from experiments.spec import RunSpec, SweepSpec, expand_grid
 from experiments.store import (
@@ -124,10 +129,22 @@ def cancel(spec: SweepSpec, tracking_uri: str | None = None) -> int:
             continue
         if job.kind == "slurm":
             subprocess.run(["scancel", job.job_id], check=False)
+        elif job.kind == "local":
+            _stop_local(job)
         if row["run_id"]:
             mark_run(uri, str(row["run_id"]), "KILLED", "cancelled by `experiments cancel`")
         count += 1
     return count
+
+
+def _stop_local(job: JobRecord) -> None:
+    """SIGTERM a local job (it checkpoints at its iteration and ends); a queued run is skipped by its sweep."""
+    holder = Holder(job.host, job.boot_id, job.pid, job.pid_start)
+    if not holder.on_this_host():
+        print(f"warning: cannot stop {job.describe()} from this host; its run is marked KILLED", file=sys.stderr)
+    elif holder.alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(job.pid, signal.SIGTERM)
 
 
 def _cancel_study(spec: SweepSpec, uri: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tiny import TINY
 
+from deeplab.checkpoint import load_checkpoint
 from experiments.mlflow_tracker import SPOOL_NAME, MlflowTracker
 from experiments.spec import load_spec
 from experiments.sweep import plan
@@ -196,3 +198,44 @@ def test_sync_names_a_spool_without_its_run(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert f"no MLflow run at {spec.tracking_uri} for the spool(s) in {first.run.run_dir}" in _error_line(out)
     assert (first.run.run_dir / SPOOL_NAME).exists()
+
+
+def test_cancel_stops_a_local_sweep_its_running_run_checkpoints_and_its_queued_run_never_starts(
+    tmp_path: Path,
+) -> None:
+    """`experiments cancel` of a local sweep: the training run gets SIGTERM (checkpoint at its iteration, KILLED,
+    never FINISHED) and the run waiting in the sweep's queue is skipped, not started later."""
+    grid = "grid:\n  model.backbone: [resnet50]\n  train.seed: [0, 1]\nexecutor: {local: {parallelism: 1}}\n"
+    spec = _spec(tmp_path, grid)
+    text = spec.read_text().replace("train.iterations: 6", "train.iterations: 400\n  train.checkpoint_every: 3")
+    spec.write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "experiments", "sweep", str(spec), "--executor", "local"]
+    sweep = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        loaded = load_spec(spec)
+        first, second = (r for r in sorted(plan(loaded, loaded.tracking_uri, dry_run=True), key=lambda p: p.run.name))
+        log = ""
+        for line in sweep.stdout:  # the store exists (made by the sweep) once a run starts
+            log += line
+            if line.startswith("  start "):
+                break
+        deadline = time.monotonic() + 180
+        while not (first.run.run_dir / "checkpoint.pt").exists():  # its engine is in the loop
+            assert time.monotonic() < deadline and sweep.poll() is None, log
+            time.sleep(0.2)
+        out = _cli("cancel", str(spec), cwd=tmp_path)
+        assert out.returncode == 0 and out.stdout.strip() == "cancelled 2 run(s)", out.stdout + out.stderr
+        log += sweep.communicate(timeout=120)[0]
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert "  skip  " in log and ": cancelled" in log and log.count("  start ") == 1, log
+    runs = {r.data.tags["config_hash"]: r for r in MlflowClient(loaded.tracking_uri).search_runs(
+        [MlflowClient(loaded.tracking_uri).get_experiment_by_name(loaded.name).experiment_id],
+        "tags.config_hash != ''",
+    )}  # fmt: skip
+    assert runs[first.run.config_hash].info.status == "KILLED"
+    assert runs[second.run.config_hash].info.status == "KILLED"
+    assert 0 < load_checkpoint(first.run.run_dir / "checkpoint.pt")["iteration"] < 400
+    assert not (second.run.run_dir / "checkpoint.pt").exists()
