@@ -12,9 +12,14 @@ from deeplab.outputs import check_output_dir
 
 
 def _uri(value: str | None) -> str:
-    from experiments.store import resolve_tracking_uri
+    """The tracking URI; a server or database is checked to answer within seconds (a silent one is one line, not a
+    long hang). A sqlite file is checked where it is read, with the command's own message."""
+    from experiments.store import check_reachable, resolve_tracking_uri, sqlite_path
 
-    return resolve_tracking_uri(value)
+    uri = resolve_tracking_uri(value)
+    if sqlite_path(uri) is None:
+        check_reachable(uri)
+    return uri
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -19,6 +19,12 @@ from pathlib import Path
 # MLflow 3 records usage telemetry around every client call and tries to send it out: 15-40 ms a call here, and
 # compute nodes are usually offline anyway (an explicit setting wins)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# A tracking server that accepts connections but never answers: MLflow waits 120 s per request and retries 7 times
+# with backoff (~20 min). Every command here gives up after at most 3 × 20 s plus 6 s of backoff, with one line
+# (a job spools its points meanwhile). An explicit setting wins.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
 
 from mlflow.tracking import MlflowClient
 
