@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from deeplab.errors import DeeplabError
+from deeplab.lease import check_own, open_own
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -22,7 +23,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
+        with open_own(tmp, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -63,6 +64,7 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint written by ``save_checkpoint``; a missing or corrupt file is a one-line error."""
     path = Path(path)
+    check_own(path)
     if path.is_dir():
         raise DeeplabError(f"checkpoint {path} is a directory (expected RUN_DIR/{CHECKPOINT_NAME})")
     if not path.is_file():
@@ -79,8 +81,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def peek_checkpoint(path: Path) -> dict[str, Any] | None:
     """A checkpoint memory-mapped (its tensors are not read); None when there is no readable checkpoint."""
     try:
+        check_own(path)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # missing, torn or foreign
+    except Exception:  # missing, torn, foreign, or a symlink
         return None
 
 

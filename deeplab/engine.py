@@ -44,7 +44,7 @@ from deeplab.distributed import (
     is_distributed,
 )
 from deeplab.errors import DeeplabError
-from deeplab.lease import holds_run_dir
+from deeplab.lease import check_run_dir, holds_run_dir
 from deeplab.model import model_info
 from deeplab.progress import Progress
 from deeplab.step import LossWindow, TrainParts, agree, build_parts, train_step
@@ -316,6 +316,14 @@ class _Run:
         return loss
 
     def validate(self, iteration: int, final: bool) -> dict[str, float]:
+        moved: DeeplabError | None = None
+        if self.info.is_main:  # validation writes into the run dir too; all ranks leave together when it moved
+            try:
+                check_run_dir(self.run_dir)
+            except DeeplabError as err:
+                moved = err
+        if any_rank(moved is not None, self.info.device):
+            raise moved or PeerFailed("rank 0's run directory was moved or replaced")
         return validate(
             self.cfg, self.parts.model, self.val_dataset, self.info, self.tracker, self.run_dir, iteration, final=final
         )
@@ -326,6 +334,7 @@ class _Run:
         failed: BaseException | None = None
         if self.info.is_main:
             try:
+                check_run_dir(self.run_dir)
                 self.tracker.flush()
                 path = self.run_dir / CHECKPOINT_NAME
                 _checkpoint(path, self.cfg, self.parts, iteration, self.window.state(), final_metrics, validate_first)

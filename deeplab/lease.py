@@ -44,6 +44,32 @@ class LeaseHeld(DeeplabError):
     """Another live process holds the lease."""
 
 
+def open_own(path: Path, mode: str) -> Any:
+    """``open(path, mode)`` for a file a run directory owns: a symlink there is never followed out of it (it
+    could point at another run's checkpoint or at a user's dotfile that a truncate would wipe)."""
+    flags = {
+        "r": os.O_RDONLY,
+        "rb": os.O_RDONLY,
+        "a": os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+        "r+": os.O_RDWR,
+        "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+        "wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    }
+    try:
+        fd = os.open(path, flags[mode] | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DeeplabError(f"{path} is a symlink: a run directory's files are its own, never followed") from None
+        raise
+    return os.fdopen(fd, mode)
+
+
+def check_own(path: Path) -> None:
+    """Refuse to read a run directory's file through a symlink."""
+    if Path(path).is_symlink():
+        raise DeeplabError(f"{path} is a symlink: a run directory's files are its own, never followed")
+
+
 def _read(path: str) -> str | None:
     try:
         return Path(path).read_text()
@@ -130,28 +156,77 @@ def _on_local_fs(path: Path) -> bool:
 
 
 class Lease:
-    """A held lease on one lock file; ``release()`` (or leaving the ``with`` block) gives it up."""
+    """A held lease on one lock file and its directory; ``release()`` (or leaving the ``with`` block) gives it up.
 
-    def __init__(self, path: Path, fd: int, holder: Holder, on_release: Callable[[], None] | None = None) -> None:
-        self.path, self._fd, self.holder, self._on_release = path, fd, holder, on_release
+    The directory itself is flocked too: a lease file removed while its holder lives is no way in for another
+    process (the heartbeat writes the holder's record back), and a holder notices when its directory was moved or
+    replaced (``check``)."""
+
+    def __init__(
+        self, path: Path, fd: int, holder: Holder, on_release: Callable[[], None] | None = None, dir_fd: int = -1
+    ) -> None:
+        self.path, self._fd, self.holder, self._on_release, self._dir_fd = path, fd, holder, on_release, dir_fd
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, name=f"lease {path}", daemon=True)
         self._beat.start()
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            with contextlib.suppress(OSError):  # a filesystem hiccup; the next beat tries again
-                os.utime(self._fd)
+            with contextlib.suppress(OSError), self._lock:  # a filesystem hiccup; the next beat tries again
+                if self.moved() is None:
+                    self._restore()
+                    os.utime(self._fd)
+
+    def moved(self) -> str | None:
+        """Why the directory at the lease's path is no longer the one leased (moved, removed, replaced), else None."""
+        if self._dir_fd < 0:
+            return None
+        try:
+            here = os.stat(self.path.parent)
+        except FileNotFoundError:
+            return f"{self.path.parent} was moved or removed while this process held it"
+        held = os.fstat(self._dir_fd)
+        if (here.st_dev, here.st_ino) != (held.st_dev, held.st_ino):
+            return f"{self.path.parent} was replaced by another directory while this process held it"
+        return None
+
+    def check(self) -> None:
+        """Raise when the leased directory was moved or replaced: its files would land elsewhere."""
+        if reason := self.moved():
+            raise DeeplabError(f"run dir: {reason}; stopped without writing into it")
+
+    def _restore(self) -> None:
+        """The lease file was removed or replaced: write our record at the path again (the directory's flock keeps
+        every other process out meanwhile)."""
+        try:
+            same = os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        os.write(fd, self.holder.to_json().encode())
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.replace(tmp, self.path)
+        os.close(self._fd)
+        self._fd = fd
 
     def release(self) -> None:
         if self._fd < 0:
             return
         self._stop.set()
-        with contextlib.suppress(OSError):  # only our own record is removed (never one that replaced it)
-            if Holder.from_json(_read(str(self.path))) == self.holder:
-                self.path.unlink()
-        os.close(self._fd)  # drops the flock
-        self._fd = -1
+        with self._lock:
+            with contextlib.suppress(OSError):  # only our own record is removed (never one that replaced it)
+                if Holder.from_json(_read(str(self.path))) == self.holder:
+                    self.path.unlink()
+            os.close(self._fd)  # drops the flock
+            self._fd = -1
+            if self._dir_fd >= 0:
+                os.close(self._dir_fd)
+                self._dir_fd = -1
         if self._on_release is not None:
             self._on_release()
 
@@ -175,20 +250,44 @@ def acquire(path: Path, what: str = "lease") -> Lease:
     """Take the lease on ``path`` (created, with its directory, when missing) or raise LeaseHeld naming the holder."""
     path = Path(path).absolute()
     me = Holder.current()
-    while True:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise DeeplabError(f"{what} {path}: cannot create it ({err.strerror})") from None
-        try:
-            if _lock(fd, path, me, what):
-                break
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)  # the file was removed or replaced while we waited: lock the one at the path now
-    return Lease(path, fd, me)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DeeplabError(f"{what} {path}: cannot create it ({err.strerror})") from None
+    dir_fd = _lock_dir(path, what)
+    try:
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as err:
+                why = "a symlink, never followed" if err.errno == errno.ELOOP else err.strerror
+                raise DeeplabError(f"{what} {path}: cannot create it ({why})") from None
+            try:
+                if _lock(fd, path, me, what):
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # the file was removed or replaced while we waited: lock the one at the path now
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return Lease(path, fd, me, dir_fd=dir_fd)
+
+
+def _lock_dir(path: Path, what: str) -> int:
+    """flock the lease's directory; LeaseHeld when a live process holds it (its lease file may be gone)."""
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(dir_fd)
+        raise LeaseHeld(_held(path, Holder.from_json(_read(str(path))), what)) from None
+    except OSError as err:
+        if err.errno not in _NO_FLOCK:
+            os.close(dir_fd)
+            raise DeeplabError(f"{what} {path.parent}: flock failed ({err.strerror})") from None
+    return dir_fd
 
 
 def _lock(fd: int, path: Path, me: Holder, what: str) -> bool:
@@ -233,11 +332,13 @@ def hold_run_dir(run_dir: Path) -> Lease:
     created = not run_dir.exists()
 
     def tidy() -> None:
-        with contextlib.suppress(OSError):
-            if created and not any(run_dir.iterdir()):
+        with contextlib.suppress(OSError):  # only the directory leased, never one that took its place since
+            here = os.stat(run_dir)
+            if created and (here.st_dev, here.st_ino) == leased and not any(run_dir.iterdir()):
                 run_dir.rmdir()
 
     lease = acquire(run_dir / LEASE_NAME, "run dir")
+    leased = (os.fstat(lease._dir_fd).st_dev, os.fstat(lease._dir_fd).st_ino) if lease._dir_fd >= 0 else None
     lease._on_release = tidy
     return lease
 
@@ -262,10 +363,24 @@ def holds_run_dir(train: F) -> F:
                 refused = err
         if any_rank(refused is not None, info.device):
             raise refused or LeaseHeld(f"run dir {run_dir}: rank 0 could not take its lease")
+        key = Path(run_dir).absolute()
+        if lease is not None:
+            _HELD[key] = lease
         try:
             return train(cfg, run_dir, *args, **kwargs)
         finally:
             if lease is not None:
+                _HELD.pop(key, None)
                 lease.release()
 
     return wrapper  # type: ignore[return-value]
+
+
+_HELD: dict[Path, Lease] = {}  # run dir → the lease ``holds_run_dir`` holds on it in this process
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Before writing into ``run_dir``: raise when this process leases it and it was moved or replaced meanwhile
+    (the writes would land in whatever now sits at the path)."""
+    if (lease := _HELD.get(Path(run_dir).absolute())) is not None:
+        lease.check()

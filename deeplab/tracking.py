@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from deeplab.errors import DeeplabError
+from deeplab.lease import check_own, open_own
 
 # Metric names (flat, namespaced, step = iteration). mIoU and IoU are in points (0-100), as the published tables
 # print them, everywhere a person reads them: the MLflow UI, metrics.jsonl, the class tables, the report.
@@ -113,10 +114,11 @@ class JsonlTracker:
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return last
-        text = path.read_text()
+        with open_own(path, "r") as fh:
+            text = fh.read()
         if text and not text.endswith("\n"):  # a torn last line from a kill mid-write: drop it
             text = text[: text.rfind("\n") + 1]
-            with open(path, "r+") as fh:
+            with open_own(path, "r+") as fh:
                 fh.truncate(len(text.encode()))
         for number, line in enumerate(text.splitlines(), 1):
             try:
@@ -129,6 +131,7 @@ class JsonlTracker:
     def _merge_json(self, name: str, values: dict[str, Any]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / name
+        check_own(path)
         try:
             data = json.loads(path.read_text()) if path.exists() else {}
         except ValueError:
@@ -168,7 +171,7 @@ class JsonlTracker:
         if not self._buffer:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+        with open_own(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.writelines(json.dumps(p) + "\n" for p in self._buffer)
         self._buffer.clear()
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from mlflow.entities import Metric
 
+from deeplab.lease import open_own
 from experiments.errors import ExperimentsError
 from experiments.store import StoreGone, batches, is_database, open_client, params_of, tags_of
 
@@ -168,7 +169,7 @@ class MlflowTracker:
 
     def _append_spool(self, points: list[Metric], events: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
         self.spool.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.spool, "a") as fh:
+        with open_own(self.spool, "a") as fh:
             for p in points:
                 fh.write(json.dumps({"key": p.key, "value": p.value, "timestamp": p.timestamp, "step": p.step}) + "\n")
             for event in events:
@@ -180,7 +181,9 @@ class MlflowTracker:
         if not self.spool.exists():
             return [], []
         points, events = [], []
-        for line in self.spool.read_text().splitlines():
+        with open_own(self.spool, "r") as fh:
+            text = fh.read()
+        for line in text.splitlines():
             try:
                 p = json.loads(line)
             except json.JSONDecodeError:  # torn last line after a kill

@@ -17,8 +17,11 @@ import torch.multiprocessing as mp
 from tiny import REPO, TINY, tiny_config, tiny_overrides
 
 from deeplab import lease
+from deeplab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from deeplab.engine import train
+from deeplab.errors import DeeplabError
 from deeplab.lease import LEASE_NAME, Holder, LeaseHeld, acquire, current_holder, hold_run_dir
+from deeplab.tracking import JsonlTracker
 
 HOLD = "import sys, time; from deeplab.lease import hold_run_dir; hold_run_dir(sys.argv[1]); print('held', flush=True); time.sleep(600)"
 
@@ -152,3 +155,68 @@ def test_every_ddp_rank_refuses_when_rank_0_cannot_take_the_lease(tiny_data: Pat
     assert rank0.startswith(f"refused: run dir {run_dir} is held by ") and f":{holder.pid} since" in rank0
     assert rank1 == f"refused: run dir {run_dir}: rank 0 could not take its lease"
     print(f"both ranks refused in {seconds:.1f} s")  # not waiting for a collective's 30-minute timeout
+
+
+def test_a_removed_lease_file_lets_no_one_in_and_the_holder_writes_its_record_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
+    path = tmp_path / LEASE_NAME
+    with hold_run_dir(tmp_path):
+        path.unlink()  # a user's `rm`, or a cleanup script
+        with pytest.raises(LeaseHeld, match=f"run dir {tmp_path} is held by"):
+            acquire(path, "run dir")  # the directory's flock still holds
+        deadline = time.monotonic() + 10
+        while current_holder(path) is None:
+            assert time.monotonic() < deadline, "the holder never wrote its record back"
+            time.sleep(0.05)
+        assert current_holder(path).pid == os.getpid()
+    assert not path.exists()
+    acquire(path, "run dir").release()  # released: free again
+
+
+def test_a_moved_run_dir_is_noticed_before_anything_is_written_into_what_replaced_it(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    held = hold_run_dir(run_dir)
+    held.check()
+    run_dir.rename(tmp_path / "elsewhere")
+    with pytest.raises(DeeplabError, match=rf"^run dir: {run_dir} was moved or removed while this process held it"):
+        held.check()
+    run_dir.mkdir()
+    with pytest.raises(DeeplabError, match="was replaced by another directory"):
+        held.check()
+    held.release()
+
+
+def test_nothing_in_a_run_dir_is_followed_out_of_it_through_a_symlink(tmp_path: Path) -> None:
+    precious = tmp_path / "dotfile"
+    precious.write_text("keep me\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / LEASE_NAME).symlink_to(precious)
+    with pytest.raises(DeeplabError, match="cannot create it \\(a symlink, never followed\\)"):
+        hold_run_dir(run_dir)
+    (run_dir / LEASE_NAME).unlink()
+    (run_dir / "metrics.jsonl").symlink_to(precious)
+    with pytest.raises(DeeplabError, match="metrics.jsonl is a symlink"):
+        tracker = JsonlTracker(run_dir)
+        tracker.log_metrics({"train/loss": 1.0}, 1)
+        tracker.flush()
+    (run_dir / CHECKPOINT_NAME).symlink_to(precious)
+    with pytest.raises(DeeplabError, match="checkpoint.pt is a symlink"):
+        load_checkpoint(run_dir / CHECKPOINT_NAME)
+    assert precious.read_text() == "keep me\n"
+
+
+def test_a_trainer_whose_run_dir_is_moved_stops_at_its_next_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(tiny_data, **{"train.checkpoint_every": 3})
+
+    def move(iteration: int) -> None:
+        if iteration == 2:
+            run_dir.rename(tmp_path / "moved")
+            run_dir.mkdir()  # e.g. a new trainer's directory at the old path
+
+    with pytest.raises(DeeplabError, match=rf"run dir: {run_dir} was replaced by another directory"):
+        train(cfg, run_dir, on_iteration=move)
+    assert list(run_dir.iterdir()) == []  # nothing written into the directory that took its place
