@@ -61,7 +61,7 @@ from deeplab.tracking import (
     NullTracker,
     Tracker,
 )
-from deeplab.usage import Usage, recorded
+from deeplab.usage import USAGE_NAME, Usage, recorded
 from deeplab.validation import validate
 
 
@@ -280,7 +280,7 @@ def _train(
     parts = build_parts(cfg, info)
     ckpt_path = run_dir / CHECKPOINT_NAME
     if info.is_main:  # temp files of writes cut short by a kill -9 are never loaded: clear them
-        for stale in run_dir.glob(f".{CHECKPOINT_NAME}.tmp-*"):
+        for stale in [*run_dir.glob(f".{CHECKPOINT_NAME}.tmp-*"), *run_dir.glob(f".{USAGE_NAME}.tmp-*")]:
             stale.unlink(missing_ok=True)
     start, window, validate_first = 0, {"loss": 0.0, "count": 0, "time": 0.0}, False
     if ckpt_path.exists():
