@@ -170,7 +170,7 @@ def cost_figure(runs: pd.DataFrame, out: Path) -> list[Path]:
     hours = "gpu_hours" if runs.gpu_hours.notna().any() else "device_hours"
     for backbone, group in runs.dropna(subset=["miou"]).groupby("backbone"):
         ax1.scatter(group[hours], group.miou, label=backbone, color=COLOURS.get(backbone))
-    ax1.set_xlabel(f"{'GPU' if hours == 'gpu_hours' else 'device'}-hours per run")
+    ax1.set_xlabel(f"{'GPU' if hours == 'gpu_hours' else 'device'}-hours per run (MLflow: cost/device_hours)")
     ax1.set_ylabel(f"final {MIOU}")
     ax1.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=2)
     ax1.grid(alpha=0.3)

@@ -12,6 +12,8 @@ from analysis.errors import AnalysisError
 from deeplab.labels import CLASS_NAMES
 from deeplab.tracking import (
     ARTIFACT_PER_IMAGE,
+    COST_DEVICE_HOURS,
+    COST_WALL_HOURS,
     TRAIN_LR,
     VAL_IOU_PREFIX,
     VAL_MIOU,
@@ -58,7 +60,8 @@ def _number(text: str | None) -> float | int | str | None:
 
 
 def _wall_hours(start: int | None, end: int | None, first_point: int | None) -> float:
-    """Hours the run trained: from its first logged point (or its start) to its end.
+    """Hours the run trained, for runs without the engine's ``cost/wall_hours`` (imported logs, older runs): from
+    its first logged point (or its start) to its end.
 
     A sweep creates its MLflow runs at submission, so ``start_time`` also counts the time spent queued; the
     first metric point comes one ``log_every`` window after training starts, a small underestimate instead.
@@ -88,8 +91,10 @@ def runs_frame(tracking_uri: str, experiment: str) -> pd.DataFrame:
     rows = []
     for run in found:
         p = run.params
-        hours = _wall_hours(run.start, run.end, began.get(run.run_id))
         devices = int(_number(p.get("info.world_size")) or 1)
+        # the engine's cost metrics (every attempt summed, queueing excluded): what the runs table shows
+        hours = run.metrics.get(COST_WALL_HOURS, _wall_hours(run.start, run.end, began.get(run.run_id)))
+        device_hours = run.metrics.get(COST_DEVICE_HOURS, hours * devices)
         row = {
             "run_id": run.run_id,
             "run_name": run.name,
@@ -105,8 +110,8 @@ def runs_frame(tracking_uri: str, experiment: str) -> pd.DataFrame:
             "wall_hours": hours,
             "devices": devices,
             "device": p.get("info.device", ""),
-            "gpu_hours": hours * devices if p.get("info.device") == "cuda" else float("nan"),
-            "device_hours": hours * devices,
+            "gpu_hours": device_hours if p.get("info.device") == "cuda" else float("nan"),
+            "device_hours": device_hours,
             "source": run.tags.get("source", "sweep"),
             "experiment_id": eid,
             "config_params": dict(p),  # the store's strings, for deeplab.params.config_from_params

@@ -31,6 +31,7 @@ from deeplab.checkpoint import (
 )
 from deeplab.config import Config, config_hash, flatten, save_config, to_dict
 from deeplab.data.cityscapes import CityscapesSegmentation
+from deeplab.data.identity import dataset_inputs
 from deeplab.data.loader import build_train_loader, build_val_dataset, check_data
 from deeplab.distributed import (
     POLL_S,
@@ -46,9 +47,21 @@ from deeplab.distributed import (
 from deeplab.errors import DeeplabError
 from deeplab.lease import check_run_dir, holds_run_dir
 from deeplab.model import model_info
+from deeplab.overlay import save_legend
 from deeplab.progress import Progress
-from deeplab.step import LossWindow, TrainParts, agree, build_parts, train_step
-from deeplab.tracking import ITER_TIME, TRAIN_LOSS, TRAIN_LR, NullTracker, Tracker
+from deeplab.step import LossWindow, TrainParts, agree, build_parts, peak_memory_gb, train_step
+from deeplab.tracking import (
+    ARTIFACT_LEGEND,
+    DATA_TIME,
+    ITER_TIME,
+    PEAK_MEMORY,
+    STEP_TIME,
+    TRAIN_LOSS,
+    TRAIN_LR,
+    NullTracker,
+    Tracker,
+)
+from deeplab.usage import USAGE_NAME, Usage, recorded
 from deeplab.validation import validate
 
 
@@ -204,6 +217,14 @@ def _fresh_run(cfg: Config, run_dir: Path, info: DistInfo, tracker: Tracker) -> 
     tracker.log_artifact(run_dir / "config.yaml")
 
 
+def _describe_run(cfg: Config, run_dir: Path, tracker: Tracker) -> None:
+    """At every attempt (the tracker keeps one record of each): the datasets read, and the prediction panels'
+    colour legend."""
+    tracker.log_inputs(dataset_inputs(cfg))
+    path = save_legend(run_dir / ARTIFACT_LEGEND)
+    tracker.log_artifact(path, str(Path(ARTIFACT_LEGEND).parent))
+
+
 @holds_run_dir  # one process trains a run directory: rank 0 holds its lease for the whole call
 def train(
     cfg: Config,
@@ -249,6 +270,7 @@ def _train(
     progress: str,
     on_iteration: Callable[[int], None] | None,
 ) -> TrainResult:
+    started = time.monotonic()  # this attempt's device time starts here (the cost metrics)
     tracker = tracker if (tracker is not None and info.is_main) else NullTracker()
     print(f"deeplab: {describe_process(info, data_workers(cfg.data.num_workers))}", file=sys.stderr, flush=True)
     if cfg.train.deterministic:
@@ -260,36 +282,44 @@ def _train(
     parts = build_parts(cfg, info)
     ckpt_path = run_dir / CHECKPOINT_NAME
     if info.is_main:  # temp files of writes cut short by a kill -9 are never loaded: clear them
-        for stale in run_dir.glob(f".{CHECKPOINT_NAME}.tmp-*"):
+        for stale in [*run_dir.glob(f".{CHECKPOINT_NAME}.tmp-*"), *run_dir.glob(f".{USAGE_NAME}.tmp-*")]:
             stale.unlink(missing_ok=True)
     start, window, validate_first = 0, {"loss": 0.0, "count": 0, "time": 0.0}, False
     if ckpt_path.exists():
         state = _resume(ckpt_path, cfg, parts, info, tracker)
         start, window, validate_first = state["iteration"], state["window"], bool(state.get("validate_first"))
-        if state.get("final_metrics") is not None:
+        if state.get("final_metrics") is not None:  # its cost as recorded (an attempt may have died before logging)
+            tracker.log_metrics(recorded(run_dir) or {}, start)
             return TrainResult("finished", start, state["final_metrics"])
     elif info.is_main:
         _fresh_run(cfg, run_dir, info, tracker)
+    usage = Usage(run_dir, info.world_size, started) if info.is_main else None
+    if info.is_main:
+        _describe_run(cfg, run_dir, tracker)
     batches = build_train_loader(cfg, info.rank, info.world_size, start)
     bar = Progress(
         progress, cfg.train.iterations, start, enabled=info.is_main, on_closed=stop.request if stop else None
     )
     try:
         window = LossWindow(info.device, window, info.rank)
-        run = _Run(cfg, run_dir, info, parts, tracker, stop, bar, val_dataset, window, on_iteration)
+        run = _Run(cfg, run_dir, info, parts, tracker, stop, bar, val_dataset, window, on_iteration, usage)
         if validate_first and start < cfg.train.iterations:  # the validation a stop skipped
             run.validate(start, final=False)
         done = _loop(run, batches, start)
         if done < cfg.train.iterations:
+            run.log_cost(done)
             bar.message(f"stop requested: checkpoint at iteration {done} written to {ckpt_path}")
             return TrainResult("interrupted", done)
         if start < done:  # a stop during the final validation resumes from here, not from the last period
             run.checkpoint(done)
         metrics = run.validate(done, final=True)
         run.checkpoint(done, metrics)
+        run.log_cost(done)  # the final validation and checkpoint included
         bar.message(f"finished: val mIoU {metrics['val/mIoU']:.2f} at iteration {done}")
         return TrainResult("finished", done, metrics)
     finally:
+        if usage is not None:  # a failed or killed attempt's time counts too (a resume continues the sums)
+            usage.save()
         bar.close()
 
 
@@ -307,13 +337,30 @@ class _Run:
     val_dataset: CityscapesSegmentation
     window: LossWindow
     on_iteration: Callable[[int], None] | None = None
+    usage: Usage | None = None  # rank 0's
 
     def log(self, iteration: int, lr: float) -> float:
-        loss = self.window.mean(self.info.world_size)
-        metrics = {TRAIN_LOSS: loss, TRAIN_LR: lr, ITER_TIME: self.window.time / self.window.count}
+        w = self.window
+        loss = w.mean(self.info.world_size)
+        metrics = {
+            TRAIN_LOSS: loss,
+            TRAIN_LR: lr,
+            ITER_TIME: w.time / w.count,
+            DATA_TIME: w.data_time / w.count,
+            STEP_TIME: (w.time - w.data_time) / w.count,
+            PEAK_MEMORY: peak_memory_gb(self.info.device),
+        }
         self.tracker.log_metrics(metrics, iteration)
-        self.window.reset()
+        if iteration < self.cfg.train.iterations:  # the last iteration's cost point comes after the final validation
+            self.log_cost(iteration)
+        w.reset()
         return loss
+
+    def log_cost(self, iteration: int) -> None:
+        """The run's cost so far (every attempt's), saved in the run directory first, so what MLflow shows never
+        runs ahead of what a resumed attempt continues from."""
+        if self.usage is not None:
+            self.tracker.log_metrics(self.usage.save(), iteration)
 
     def validate(self, iteration: int, final: bool) -> dict[str, float]:
         moved: DeeplabError | None = None
@@ -359,11 +406,12 @@ def _loop(run: _Run, batches: Iterator, start: int) -> int:
         tick = time.perf_counter()
         lr = run.parts.optimizer.param_groups[0]["lr"]
         images, masks = next(batches)
+        fetched = time.perf_counter()  # waiting for data ends; the step runs until agree's host sync
         run.window.add(train_step(run.parts, images, masks))
         if run.on_iteration is not None:
             run.on_iteration(done)
         stopping, window_loss = agree(run.stop.requested, run.window.loss)
-        run.window.close_step(time.perf_counter() - tick, window_loss)
+        run.window.close_step(time.perf_counter() - tick, window_loss, fetched - tick)
         if not math.isfinite(window_loss):
             message = f"training diverged at iteration {done}: loss is {window_loss} (try a lower optim.lr)"
             raise TrainingDiverged(message)

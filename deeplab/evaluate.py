@@ -84,11 +84,13 @@ def evaluate(
     align_corners: bool = False,
     per_image: bool = True,
     progress: bool = False,
-    on_prediction: Callable[[str, torch.Tensor, torch.Tensor], None] | None = None,
+    on_prediction: Callable[[int, str, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on every image of ``dataset`` (ranks take interleaved shards; results reduced).
 
-    ``align_corners`` is the model config's: the seed resizes images and logits with corners aligned."""
+    ``align_corners`` is the model config's: the seed resizes images and logits with corners aligned.
+    ``on_prediction(index, name, image, mask, pred)`` sees each of this rank's images (uint8 image [3,H,W], train-id
+    mask with 255 void, prediction [H,W] on the CPU)."""
     device = device or next(model.parameters()).device
     rank, world = (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
     transform = EvalTransform(data_cfg)
@@ -105,7 +107,7 @@ def evaluate(
         if per_image:
             mine.append((index, mat.cpu().numpy()))
         if on_prediction is not None:
-            on_prediction(dataset.names[index], raw_image, pred.cpu())
+            on_prediction(index, dataset.names[index], raw_image, raw_mask, pred.cpu())
     model.train(was_training)
     metric.reduce_from_all_processes()
     names, stacked = _gather_per_image(mine, dataset.names, world) if per_image else ([], None)

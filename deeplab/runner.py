@@ -75,7 +75,7 @@ def evaluate_checkpoint_cli(
         raise DeeplabError(f"{checkpoint}: weights do not fit its model ({str(err).splitlines()[0][:120]})") from None
     model.to(info.device)
 
-    def write(name: str, _image, pred) -> None:
+    def write(_index: int, name: str, _image, _mask, pred) -> None:
         save_label_ids(save_predictions / f"{name}_pred_labelIds.png", pred)
 
     result = evaluate(

@@ -10,6 +10,7 @@ between logs (``LossWindow``) and becomes a host number through that same read.
 from __future__ import annotations
 
 import inspect
+import resource
 from dataclasses import dataclass
 
 import torch
@@ -97,7 +98,8 @@ def agree(stop_requested: bool, window_loss: torch.Tensor) -> tuple[bool, float]
 
 
 class LossWindow:
-    """The losses since the last log, summed on the device in float64 (a Python float sum, without reading them)."""
+    """The losses since the last log, summed on the device in float64 (a Python float sum, without reading them),
+    and the window's seconds: whole iterations and, within them, waiting for data."""
 
     def __init__(self, device: torch.device, state: dict | None = None, rank: int = 0) -> None:
         state = state or {"loss": 0.0, "count": 0, "time": 0.0}
@@ -105,13 +107,15 @@ class LossWindow:
         self.loss = torch.tensor(state["loss"] if rank == 0 else 0.0, dtype=torch.float64, device=device)
         self.agreed = float(state["loss"])  # the sum over ranks as of the last agree()
         self.count, self.time = int(state["count"]), float(state["time"])
+        self.data_time = float(state.get("data_time", 0.0))  # checkpoints written before it was kept: 0
 
     def add(self, loss: torch.Tensor) -> None:
         self.loss += loss.double()
 
-    def close_step(self, seconds: float, agreed_loss: float) -> None:
+    def close_step(self, seconds: float, agreed_loss: float, data_seconds: float = 0.0) -> None:
         self.count += 1
         self.time += seconds
+        self.data_time += data_seconds
         self.agreed = agreed_loss
 
     def mean(self, world_size: int) -> float:
@@ -119,8 +123,18 @@ class LossWindow:
 
     def reset(self) -> None:
         self.loss.zero_()
-        self.agreed, self.count, self.time = 0.0, 0, 0.0
+        self.agreed, self.count, self.time, self.data_time = 0.0, 0, 0.0, 0.0
 
     def state(self) -> dict:
         """What a checkpoint keeps: host numbers only (no extra read: ``agreed`` came with the last sync)."""
-        return {"loss": self.agreed, "count": self.count, "time": self.time}
+        return {"loss": self.agreed, "count": self.count, "time": self.time, "data_time": self.data_time}
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """GiB: CUDA's peak allocation since the last call (the peak is reset; no device sync), or on CPU the
+    process's peak resident set since it started (Linux keeps no resettable peak)."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # Linux: KiB

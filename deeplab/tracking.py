@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
 
 from deeplab.errors import DeeplabError
 from deeplab.lease import check_own, open_own
@@ -19,6 +23,19 @@ from deeplab.lease import check_own, open_own
 TRAIN_LOSS = "train/loss"
 TRAIN_LR = "train/lr"
 ITER_TIME = "time/iter_s"
+# Where an iteration's time goes, per log window (rank 0's view; means per iteration): waiting for the next batch
+# (a starved GPU shows here), and the rest of the iteration (the step, host to device copy included, up to the
+# iteration's one host sync). Peak memory: CUDA's max_memory_allocated over the window in GiB; on CPU the process's
+# peak RSS since it started (Linux cannot reset it per window).
+DATA_TIME = "train/data_time_s"
+STEP_TIME = "train/step_time_s"
+PEAK_MEMORY = "train/peak_memory_gb"
+# What the run cost, summed over its attempts (requeues, resumes), queueing excluded (MLflow's Duration counts from
+# the run's creation at submission): wall hours from each attempt's start to its end, device-hours = wall hours ×
+# ranks. The sweep's parent run carries the sums over its children.
+COST_WALL_HOURS = "cost/wall_hours"
+COST_DEVICE_HOURS = "cost/device_hours"
+COST_ATTEMPTS = "cost/attempts"
 VAL_MIOU = "val/mIoU"
 # The seed's March-2020 evaluator: predictions on void (ignored) ground-truth pixels count as false positives.
 VAL_MIOU_SEED = "val/mIoU_void_as_fp"
@@ -35,6 +52,8 @@ ARTIFACT_VAL_DIR = "val"  # val/iter_000123/classes.csv, per-class IoU table at 
 ARTIFACT_CONFUSION = "final/confusion.npy"  # (n+1)x(n+1) int64, row = GT train id, last col = void prediction
 ARTIFACT_PER_IMAGE = "final/per_image_confusion.npz"  # arrays "names" (image ids) and "confusion" (N,n+1,n+1)
 ARTIFACT_OVERLAYS = "final/overlays"  # a few PNG overlays of predictions
+PREDICTION_KEY = "val/prediction/"  # + image name: image, ground truth, prediction, errors at every validation
+ARTIFACT_LEGEND = "predictions/legend.png"  # the colours of the prediction images
 
 
 def points(fraction: float) -> float:
@@ -48,6 +67,19 @@ def iou_metric_name(class_name: str) -> str:
     return VAL_IOU_PREFIX + class_name.replace(" ", "_")
 
 
+@dataclass(frozen=True)
+class DatasetInput:
+    """A dataset a run read, as MLflow records dataset inputs (without MLflow): ``name`` says synthetic or real and
+    the split (``synthetic/train``, ``cityscapes/val``), ``digest`` is of its file list, ``context`` is
+    ``training`` or ``validation``, ``source`` the data root, ``profile`` what a reader checks first."""
+
+    name: str
+    digest: str
+    context: str
+    source: str
+    profile: dict[str, Any] = field(default_factory=dict)
+
+
 class Tracker(Protocol):
     """What the engine reports through. Implementations may buffer; ``flush`` makes points durable."""
 
@@ -59,6 +91,14 @@ class Tracker(Protocol):
 
     def log_artifact(self, local_path: str | Path, artifact_path: str = "") -> None:
         """Copy a file (or a directory's files) under ``artifact_path`` in the run's artifacts."""
+        ...
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        """An RGB uint8 image [H,W,3] under ``key`` at ``step`` (one image per key and step)."""
+        ...
+
+    def log_inputs(self, datasets: list[DatasetInput]) -> None:
+        """The datasets the run reads (logged again on resume: the same record is kept once)."""
         ...
 
     def flush(self) -> None:
@@ -85,6 +125,12 @@ class NullTracker:
     def log_artifact(self, local_path: str | Path, artifact_path: str = "") -> None:
         pass
 
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        pass
+
+    def log_inputs(self, datasets: list[DatasetInput]) -> None:
+        pass
+
     def flush(self) -> None:
         pass
 
@@ -93,7 +139,8 @@ class NullTracker:
 
 
 class JsonlTracker:
-    """The default tracker: ``metrics.jsonl``, ``params.json``, ``tags.json`` and ``artifacts/`` in the run dir.
+    """The default tracker: ``metrics.jsonl``, ``params.json``, ``tags.json``, ``inputs.json``, ``artifacts/`` and
+    ``images/<key>/<step>.png`` in the run dir.
 
     Points are buffered and appended at ``flush``; after a resume, points at steps already on disk are skipped,
     so the history holds every step exactly once.
@@ -166,6 +213,14 @@ class JsonlTracker:
             shutil.copytree(src, dest / src.name, dirs_exist_ok=True)
         else:
             shutil.copy2(src, dest / src.name)
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        path = self.run_dir / "images" / key / f"{step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+
+    def log_inputs(self, datasets: list[DatasetInput]) -> None:
+        self._merge_json("inputs.json", {d.name: asdict(d) for d in datasets})
 
     def flush(self) -> None:
         if not self._buffer:

@@ -8,7 +8,6 @@ config hash stays); the acceptance goes into the checkpoint's ``history`` and th
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from deeplab.config import Config
-from deeplab.data.cityscapes import split_files
+from deeplab.data.identity import files_digest, split_file_names
 from deeplab.errors import DeeplabError
 from deeplab.norm import CpuSyncBatchNorm
 
@@ -33,8 +32,7 @@ ENVIRONMENT = ("torch", "cuda", "gpu")
 
 def trajectory(cfg: Config, model: nn.Module, device: torch.device, scaler: torch.amp.GradScaler, world: int) -> dict:
     """The record of this process's run as it executes (``model`` after SyncBN conversion)."""
-    root = Path(cfg.data.root)
-    files = [str(image.relative_to(root)) for image, _ in split_files(root, cfg.data.train_split)]
+    files = split_file_names(Path(cfg.data.root), cfg.data.train_split)
     return {
         "world_size": world,
         "batch_per_gpu": cfg.data.batch_size_per_gpu,
@@ -44,7 +42,7 @@ def trajectory(cfg: Config, model: nn.Module, device: torch.device, scaler: torc
         "grad_scaler": scaler.is_enabled(),
         "sync_bn": any(isinstance(m, (nn.SyncBatchNorm, CpuSyncBatchNorm)) for m in model.modules()),
         "train_images": len(files),
-        "train_files": hashlib.sha256("\n".join(files).encode()).hexdigest()[:12],
+        "train_files": files_digest(files),
     }
 
 

@@ -15,11 +15,12 @@ from deeplab.data.cityscapes import CityscapesSegmentation
 from deeplab.distributed import DistInfo
 from deeplab.evaluate import EvalResult, evaluate
 from deeplab.labels import CLASS_NAMES
-from deeplab.overlay import save_overlay
+from deeplab.overlay import prediction_panel, save_overlay
 from deeplab.tracking import (
     ARTIFACT_CONFUSION,
     ARTIFACT_OVERLAYS,
     ARTIFACT_PER_IMAGE,
+    PREDICTION_KEY,
     VAL_MIOU,
     VAL_MIOU_BEST,
     VAL_MIOU_BEST_N,
@@ -31,6 +32,17 @@ from deeplab.tracking import (
 )
 
 N_OVERLAYS = 3
+N_PREDICTIONS = 4  # validation images shown at every validation (MLflow's image slider)
+
+
+def prediction_indices(n_images: int, world_size: int, count: int = N_PREDICTIONS) -> list[int]:
+    """Fixed validation images, spread over the split, among rank 0's shard (``evaluate`` gives rank r the indices
+    r, r + world, …): the same images at every validation of a run, and of runs of the same world size."""
+    shard = range(0, n_images, world_size)
+    if not shard:
+        return []
+    picks = np.linspace(0, len(shard) - 1, min(count, len(shard))).round().astype(int)
+    return sorted({shard[i] for i in picks})
 
 
 def metrics_of(result: EvalResult, prefix: str = "val") -> dict[str, float]:
@@ -87,8 +99,12 @@ def validate(
     """Single-scale validation (the curve); at the end also artifacts and, if configured, multi-scale + flip."""
     final_dir = run_dir / "final"
     overlays: list[str] = []
+    shown = set(prediction_indices(len(dataset), info.world_size)) if info.is_main else set()
+    panels: list[tuple[str, np.ndarray]] = []
 
-    def keep_overlay(name: str, image: torch.Tensor, pred: torch.Tensor) -> None:
+    def keep(index: int, name: str, image: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor) -> None:
+        if index in shown:
+            panels.append((name, prediction_panel(image, mask, pred)))
         if final and info.is_main and len(overlays) < N_OVERLAYS:
             save_overlay(final_dir / "overlays" / f"{name}_overlay.png", image, pred)
             overlays.append(name)
@@ -102,7 +118,7 @@ def validate(
         num_classes=cfg.model.num_classes,
         align_corners=cfg.model.align_corners,
         per_image=final and cfg.eval.per_image,
-        on_prediction=keep_overlay,
+        on_prediction=keep,
     )
     metrics = metrics_of(result)
     if final and (tuple(cfg.eval.scales) != (1.0,) or cfg.eval.flip):
@@ -127,6 +143,8 @@ def validate(
         metrics.update(best_of_val(run_dir, iteration))
     tracker.log_metrics(metrics, step=iteration)
     tracker.log_artifact(table, f"val/iter_{iteration:06d}")
+    for name, panel in panels:
+        tracker.log_image(panel, PREDICTION_KEY + name, iteration)
     if final:
         final_dir.mkdir(parents=True, exist_ok=True)
         np.save(final_dir / Path(ARTIFACT_CONFUSION).name, result.confusion)

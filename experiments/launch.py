@@ -25,7 +25,10 @@ from deeplab.engine import StopFlag, signal_handlers, train
 from deeplab.errors import DeeplabError
 from deeplab.lease import LeaseHeld
 from experiments.mlflow_tracker import MlflowTracker
-from experiments.store import close_parent_if_done
+from experiments.store import close_parent_if_done, sum_child_costs
+from experiments.system_metrics import SystemSampler
+
+JOB_LOGS = "logs"  # the run's artifact folder of its jobs' stdout/stderr (submitit's files, one pair per task)
 
 
 def shield_requeue_from_sigterm() -> None:
@@ -121,12 +124,16 @@ class RunJob(submitit.helpers.Checkpointable):
                 "slurm.array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
                 "restart_count": os.environ.get("SLURM_RESTART_COUNT", "0"),
             }
-            tracker = MlflowTracker(self.tracking_uri, self.run_id, spool_dir=run_dir, start_tags=start_tags)
+            system = SystemSampler(gpus=self._gpus(cfg.train.device))
+            tracker = MlflowTracker(
+                self.tracking_uri, self.run_id, spool_dir=run_dir, start_tags=start_tags, system=system
+            )
 
         def failed(reason: str) -> None:  # also FailureWatch's call when another rank failed
             if tracker is not None:
+                attach_job_logs(tracker)
                 tracker.close("FAILED", reason)
-                self._close_parent()
+                self._update_parent()
 
         flag = StopFlag()
         with signal_handlers(flag, STOP_SIGNALS):
@@ -141,14 +148,22 @@ class RunJob(submitit.helpers.Checkpointable):
                 raise
             if result.status == "interrupted":  # checkpointed at the current iteration; stays RUNNING
                 if tracker is not None:
+                    attach_job_logs(tracker)
                     tracker.close(None)
+                    self._update_parent()
                 if rank == 0:
                     self._requeue(flag, requeue, failed)
                 return result.metrics
         if tracker is not None:
+            attach_job_logs(tracker)
             tracker.close("FINISHED")
-            self._close_parent()
+            self._update_parent()
         return result.metrics
+
+    def _gpus(self, train_device: str) -> int:
+        """The GPUs rank 0 samples: those this process sees, unless the run trains on the CPU."""
+        device = self.device or train_device
+        return torch.cuda.device_count() if device != "cpu" and torch.cuda.is_available() else 0
 
     @staticmethod
     def _requeue(flag: StopFlag, requeue: Any, failed: Any) -> None:
@@ -165,9 +180,11 @@ class RunJob(submitit.helpers.Checkpointable):
             failed(f"not requeued: {err}")
             raise
 
-    def _close_parent(self) -> None:
-        """The last child to end ends the sweep's parent run (bookkeeping: a tracking hiccup here is only logged)."""
+    def _update_parent(self) -> None:
+        """The sweep's cost so far onto its parent run; the last child to end ends it (bookkeeping: a tracking
+        hiccup here is only logged)."""
         try:
+            sum_child_costs(self.tracking_uri, self.run_id)
             close_parent_if_done(self.tracking_uri, self.run_id)
         except Exception as err:  # the run's own result is already recorded (or spooled)
             print(f"warning: could not update the sweep's parent run: {err}", file=sys.stderr, flush=True)
@@ -175,3 +192,21 @@ class RunJob(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Requeue the same job: it resumes from the checkpoint its engine just wrote."""
         return submitit.helpers.DelayedSubmission(self)
+
+
+def job_log_files() -> list[Path]:
+    """This job's stdout/stderr files as submitit writes them (every task's), when running as a submitit job."""
+    if not os.environ.get("SUBMITIT_FOLDER"):
+        return []
+    env = submitit.JobEnvironment()
+    paths = [submitit.core.utils.JobPaths(env.paths.folder, env.job_id, task) for task in range(env.num_tasks)]
+    return [p for job in paths for p in (job.stdout, job.stderr) if p.is_file()]
+
+
+def attach_job_logs(tracker: MlflowTracker) -> None:
+    """The job's logs so far into the run's artifacts (``logs/``): at the end, a failure or a requeue. A requeued
+    attempt appends to the same files, so the artifact is replaced by the longer file."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for path in job_log_files():
+        tracker.log_artifact(path, JOB_LOGS)

@@ -6,14 +6,19 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric
+import numpy as np
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 
 from deeplab.lease import open_own
+from deeplab.tracking import DatasetInput as RunDataset
 from experiments.errors import ExperimentsError
 from experiments.store import StoreGone, batches, is_database, open_client, params_of, tags_of
+from experiments.system_metrics import PREFIX as SYSTEM_PREFIX
+from experiments.system_metrics import SystemSampler
 
 SPOOL_NAME = "mlflow-spool.jsonl"
 
@@ -26,7 +31,9 @@ class MlflowTracker:
     training goes on; every later flush replays the spool first. A sqlite store that is missing or was replaced
     is never written (nor recreated): everything is spooled, status changes and tags included, for
     ``experiments sync`` to replay. With ``start_tags`` the run is marked RUNNING, with those tags, at the
-    engine's first call (the engine calls once it holds the run directory's lease).
+    engine's first call (the engine calls once it holds the run directory's lease); a ``system`` sampler starts
+    then too, and its samples join the points at every flush (steps continue the run's earlier ones). Points are
+    also sent when ``flush_every_s`` has passed since the last send, so the UI follows a run between checkpoints.
     """
 
     def __init__(
@@ -38,6 +45,8 @@ class MlflowTracker:
         max_batch: int = 1000,
         retry_interval_s: float = 60.0,
         start_tags: dict[str, str] | None = None,
+        system: SystemSampler | None = None,
+        flush_every_s: float = 60.0,
     ) -> None:
         if not is_database(tracking_uri):
             # a server that is away must not stall training: MLflow's default retries take minutes per call
@@ -52,6 +61,9 @@ class MlflowTracker:
         self._buffer: list[Metric] = []
         self._outage = False
         self._start_tags = start_tags
+        self._begun = False
+        self.system, self.flush_every_s = system, flush_every_s
+        self._flushed_at = time.monotonic()
         self._params: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         try:
@@ -64,15 +76,22 @@ class MlflowTracker:
             self._warn(f"{err}; spooling to {self.spool}")
         for point in self._read_spool()[0]:
             self._last_step[point.key] = max(self._last_step.get(point.key, -1), point.step)
+        # system samples are numbered as MLflow's monitor numbers them: on from the run's last one
+        self._system_step = 1 + max((s for k, s in self._last_step.items() if k.startswith(SYSTEM_PREFIX)), default=-1)
 
     def _max_step(self, key: str) -> int:
         return max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=-1)
 
     def _begin(self) -> None:
+        if self._begun:
+            return
+        self._begun = True
         if self._start_tags is not None:
             tags, self._start_tags = self._start_tags, None
             self._event({"status": "RUNNING"})
             self.set_tags(tags)
+        if self.system is not None:
+            self.system.start()
 
     def _store(self):
         """The client, after checking that a sqlite store is still the one this run lives in."""
@@ -104,7 +123,7 @@ class MlflowTracker:
             if step > self._last_step.get(key, -1):
                 self._buffer.append(Metric(key, float(value), now, int(step)))
                 self._last_step[key] = step
-        if len(self._buffer) >= self.max_batch:
+        if len(self._buffer) >= self.max_batch or time.monotonic() - self._flushed_at >= self.flush_every_s:
             self.flush()
 
     def log_artifact(self, local_path: str | Path, artifact_path: str = "") -> None:
@@ -121,6 +140,18 @@ class MlflowTracker:
         except Exception as err:  # artifacts stay in the run directory; the run goes on
             self._warn(f"artifact {path} not uploaded ({err.__class__.__name__}); it stays in the run directory")
 
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        """MLflow's stepped image (the run page's image slider under ``key``); sent now, not spooled."""
+        self._begin()
+        try:
+            self._store().log_image(self.run_id, image, key=key, step=step, synchronous=True)
+        except Exception as err:  # the images are a view of the run, not its record: the run goes on
+            self._warn(f"image {key} at step {step} not uploaded ({err.__class__.__name__})")
+
+    def log_inputs(self, datasets: list[RunDataset]) -> None:
+        self._begin()
+        self._event({"inputs": [asdict(d) for d in datasets]})
+
     def _send(self, points: list[Metric], events: list[dict[str, Any]]) -> None:
         client = self._store()
         for m, _, _ in batches(points):
@@ -133,9 +164,16 @@ class MlflowTracker:
         """A params / tags / status change: sent now (after any spooled points), or spooled during an outage."""
         self.flush(events=[event])
 
+    def _take_system_samples(self) -> None:
+        for timestamp, values in self.system.take() if self.system is not None else ():
+            self._buffer += [Metric(k, v, timestamp, self._system_step) for k, v in values.items()]
+            self._system_step += 1
+
     def flush(self, *, force: bool = False, events: list[dict[str, Any]] | None = None) -> None:
         """Send buffered (and spooled) points; during an outage, try the store at most every retry interval."""
         events = events or []
+        self._take_system_samples()
+        self._flushed_at = time.monotonic()
         if self._outage and not force and time.monotonic() - self._failed_at < self.retry_interval_s:
             self._append_spool(self._buffer, events)
             self._buffer = []
@@ -203,6 +241,8 @@ class MlflowTracker:
         or leave it RUNNING when None."""
         if status is not None:
             self._begin()
+        if self.system is not None:
+            self.system.stop()
         events = [] if status is None else [{"status": status, **({"reason": reason} if reason else {})}]
         self.flush(force=True, events=events)
         if self.spool.exists():
@@ -222,6 +262,8 @@ def apply_event(client: Any, run_id: str, event: dict[str, Any]) -> None:
     if "tags" in event:
         for _, _, t in batches(tags=tags_of(event["tags"])):
             client.log_batch(run_id, tags=t)
+    if "inputs" in event:
+        client.log_inputs(run_id, datasets=[dataset_input(RunDataset(**d)) for d in event["inputs"]])
     if "status" in event:
         if event.get("reason"):
             client.log_batch(run_id, tags=tags_of({"failure_reason": event["reason"]}))
@@ -229,3 +271,15 @@ def apply_event(client: Any, run_id: str, event: dict[str, Any]) -> None:
             client.set_terminated(run_id, event["status"])
         else:
             client.update_run(run_id, status=event["status"])
+
+
+def dataset_input(dataset: RunDataset) -> DatasetInput:
+    """The engine's dataset record as MLflow's dataset input (a local source; context as MLflow's tag)."""
+    record = Dataset(
+        name=dataset.name,
+        digest=dataset.digest,
+        source_type="local",
+        source=json.dumps({"uri": dataset.source}),
+        profile=json.dumps(dataset.profile),
+    )
+    return DatasetInput(record, tags=[InputTag("mlflow.data.context", dataset.context)])

@@ -36,6 +36,7 @@ from experiments.store.sweeps import (
     ensure_parent_run,
     parent_run,
     reopen_parent,
+    sum_child_costs,
     sweep_axes,
 )
 from experiments.store.uri import (
@@ -117,6 +118,7 @@ __all__ = [
     "set_status",
     "set_tags",
     "sqlite_path",
+    "sum_child_costs",
     "sweep_axes",
     "tags_of",
 ]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import ast
 import json
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from mlflow.entities import Metric
+
+from deeplab.tracking import COST_DEVICE_HOURS, COST_WALL_HOURS
 from experiments.errors import ExperimentsError
 from experiments.store.client import open_client
 from experiments.store.uri import sqlite_path
@@ -181,6 +185,22 @@ def close_parent_if_done(uri: str, child_run_id: str) -> str | None:
     status = "FINISHED" if all(status == "FINISHED" for status in statuses) else "FAILED"
     client.set_terminated(parent_id, status)
     return status
+
+
+def sum_child_costs(uri: str, child_run_id: str) -> dict[str, float] | None:
+    """The sweep's cost so far on its parent run: each ``cost/…`` hours metric summed over the children (their
+    latest values), logged again at step 0 (the UI shows the newest point). Returns the sums, or None for a run
+    without a parent."""
+    client = open_client(uri)
+    child = client.get_run(child_run_id)
+    parent_id = child.data.tags.get("mlflow.parentRunId")
+    if not parent_id:
+        return None
+    children = child_runs(uri, child.info.experiment_id, parent_id).values()
+    sums = {key: sum(c.metrics.get(key, 0.0) for c in children) for key in (COST_WALL_HOURS, COST_DEVICE_HOURS)}
+    now = int(time.time() * 1000)
+    client.log_batch(parent_id, metrics=[Metric(key, value, now, 0) for key, value in sums.items()])
+    return sums
 
 
 def reopen_parent(uri: str, parent_run_id: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from deeplab.tracking import VAL_MIOU, VAL_MIOU_SEED
+from deeplab.tracking import COST_DEVICE_HOURS, DATA_TIME, STEP_TIME, VAL_MIOU, VAL_MIOU_SEED
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
 CLASSIC_KIND = "custom_model_development"  # shown as "Machine learning"; GenAI kinds land on traces
@@ -18,16 +18,19 @@ VIEW_KEY = "res50-vs-res101"  # the share key in the runs page URL
 SHARED_VIEW = "mlflow.sharedViewState."
 _TAGS = ["tags.`backbone`", "tags.`iterations`", "tags.`seed`"]
 _METRICS = [f"metrics.`{VAL_MIOU}`", f"metrics.`{VAL_MIOU_SEED}`"]
+# what a run cost, and whether its GPUs waited for data (data time near the step time: starved)
+_COST = [f"metrics.`{COST_DEVICE_HOURS}`", f"metrics.`{DATA_TIME}`", f"metrics.`{STEP_TIME}`"]
+_DATASETS = "attributes.`Dataset`"  # the datasets a run read (synthetic/… or cityscapes/…): one of the UI's defaults
 RUNS_VIEW = {
     # child runs only (they carry config_hash): the parent run would fold them under a [+]
     "searchFilter": "tags.config_hash LIKE '%'",
     "orderByKey": "tags.`backbone`",
     "orderByAsc": True,
-    "selectedColumns": _METRICS[:1] + _TAGS + _METRICS[1:],
+    "selectedColumns": _METRICS[:1] + _TAGS + _METRICS[1:] + _COST + [_DATASETS],
     # the UI applies widths only to columns it is given an order for (run name first, then the answer);
     # at its default width a metric shows 8 characters
-    "columnOrder": ["attributes.`Run Name`", *_TAGS, *_METRICS, "runDateAndNestInfo", "duration"],
-    "columnWidths": {key: 150 for key in _METRICS},
+    "columnOrder": ["attributes.`Run Name`", *_TAGS, *_METRICS, *_COST, _DATASETS, "runDateAndNestInfo", "duration"],
+    "columnWidths": {key: 150 for key in _METRICS + _COST},
 }
 WORKFLOW = "workflowType=machine_learning"  # MLflow 3.17's sidebar switch ignores the experiment kind: the URL wins
 

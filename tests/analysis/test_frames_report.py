@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
 from analysis.frames import curves_frame, per_class_frame, per_image_confusions, runs_frame
 from analysis.html import markdown_to_html
@@ -22,7 +23,7 @@ from analysis.published import published_deeplabv3plus
 from analysis.stats import bootstrap_miou_delta
 from deeplab.labels import CLASS_NAMES
 from deeplab.metrics import iou_from_confusion
-from deeplab.tracking import VAL_MIOU
+from deeplab.tracking import COST_DEVICE_HOURS, VAL_MIOU
 
 if TYPE_CHECKING:
     from conftest import SweepStore
@@ -53,6 +54,10 @@ def test_wall_time_counts_training_not_queueing(runs: pd.DataFrame, sweep_store:
     assert seconds.max() < 0.8 * sweep_store.seconds
     assert (runs.device == "cpu").all() and runs.gpu_hours.isna().all()  # no GPU-hours claimed for CPU runs
     assert np.allclose(runs.device_hours, runs.wall_hours * runs.devices)
+    # the cost figure's hours are the runs' own cost metrics: what MLflow's runs table shows
+    client = MlflowClient(sweep_store.tracking_uri)
+    shown = [client.get_run(run_id).data.metrics[COST_DEVICE_HOURS] for run_id in runs.run_id]
+    assert runs.device_hours.tolist() == shown
 
 
 def test_curves_have_a_point_at_every_validation(runs: pd.DataFrame, sweep_store: SweepStore) -> None:

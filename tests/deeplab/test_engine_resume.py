@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,18 @@ from deeplab.config import config_hash
 from deeplab.engine import StopFlag, TrainingDiverged, train
 from deeplab.errors import DeeplabError
 from deeplab.model import build_model
-from deeplab.tracking import JsonlTracker
+from deeplab.tracking import (
+    COST_ATTEMPTS,
+    COST_DEVICE_HOURS,
+    COST_WALL_HOURS,
+    DATA_TIME,
+    ITER_TIME,
+    PEAK_MEMORY,
+    PREDICTION_KEY,
+    STEP_TIME,
+    JsonlTracker,
+)
+from deeplab.usage import USAGE_NAME
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -36,6 +48,11 @@ def _steps(run_dir: Path, key: str) -> list[int]:
     return [p["step"] for p in points if p["key"] == key]
 
 
+def _values(run_dir: Path, key: str) -> list[float]:
+    points = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [p["value"] for p in points if p["key"] == key]
+
+
 @pytest.fixture(scope="module")
 def reference(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("reference")
@@ -51,6 +68,7 @@ def reference(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_stop_flag_then_resume_is_bit_identical(tiny_data: Path, reference: Path, tmp_path: Path, stop_at: int) -> None:
     cfg = tiny_config(tiny_data)
     flag = StopFlag()
+    tick = time.monotonic()
     first = train(
         cfg,
         tmp_path,
@@ -58,11 +76,22 @@ def test_stop_flag_then_resume_is_bit_identical(tiny_data: Path, reference: Path
         stop=flag,
         on_iteration=lambda it: flag.request() if it == stop_at else None,
     )
+    first_s, tick = time.monotonic() - tick, time.monotonic()
     assert first.status == "interrupted" and first.iteration == stop_at
     assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == stop_at
+    first_usage = json.loads((tmp_path / USAGE_NAME).read_text())
     tracker = JsonlTracker(tmp_path)
     second = train(cfg, tmp_path, tracker)
     tracker.close("FINISHED")
+    second_s = time.monotonic() - tick
+    # the cost sums both attempts: the first's time (within its call), then the second's on top of it
+    assert first_usage["attempts"] == 1 and 0 < first_usage["wall_s"] <= first_s
+    wall_s = 3600 * _values(tmp_path, COST_WALL_HOURS)[-1]
+    assert first_usage["wall_s"] < wall_s <= first_s + second_s
+    assert _values(tmp_path, COST_ATTEMPTS)[-1] == 2
+    assert _values(tmp_path, COST_DEVICE_HOURS)[-1] == pytest.approx(wall_s / 3600)  # one rank
+    assert _values(tmp_path, COST_WALL_HOURS) == sorted(_values(tmp_path, COST_WALL_HOURS))
+    assert _steps(tmp_path, COST_WALL_HOURS)[-1] == 6
     assert second.status == "finished"
     _assert_bit_identical(_weights(reference), _weights(tmp_path))
     assert second.metrics == pytest.approx(json.loads(json.dumps(second.metrics)))
@@ -127,6 +156,25 @@ def test_a_signal_to_the_cli_checkpoints_and_resumes_exactly(
     _assert_bit_identical(_weights(reference), _weights(tmp_path))
     assert json.loads((tmp_path / "tags.json").read_text())["status"] == "FINISHED"
     assert _steps(tmp_path, "train/loss") == list(range(1, 7))
+
+
+def test_a_run_records_where_its_time_goes_its_data_and_its_predictions(reference: Path) -> None:
+    assert (
+        _steps(reference, DATA_TIME) == _steps(reference, STEP_TIME) == _steps(reference, PEAK_MEMORY) == [*range(1, 7)]
+    )
+    for data, step, whole in zip(*(_values(reference, k) for k in (DATA_TIME, STEP_TIME, ITER_TIME)), strict=True):
+        assert data >= 0 and step > 0 and data + step == pytest.approx(whole)
+    assert all(0 < gb < 64 for gb in _values(reference, PEAK_MEMORY))  # CPU: the process's peak RSS
+    inputs = json.loads((reference / "inputs.json").read_text())
+    assert {name: (d["context"], d["profile"]["images"]) for name, d in inputs.items()} == {
+        "cityscapes/train": ("training", 8),  # tiny_data: generated, but the config names no synthetic data
+        "cityscapes/val": ("validation", 2),
+    }
+    # the two validation images at both validations (rank 0's shard is the whole split)
+    panels = sorted(p.relative_to(reference / "images") for p in (reference / "images").rglob("*.png"))
+    assert len(panels) == 4 and {p.name for p in panels} == {"000003.png", "000006.png"}
+    assert all(str(p).startswith(PREDICTION_KEY) for p in panels)
+    assert (reference / "artifacts" / "predictions" / "legend.png").is_file()
 
 
 def test_finished_run_is_not_trained_again(reference: Path, tiny_data: Path) -> None:

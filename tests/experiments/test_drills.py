@@ -90,13 +90,39 @@ def test_a_diverging_run_ends_failed_with_its_reason_and_the_others_finish(
     by_lr = {(r.data.params["optim.lr"], r.data.params["train.seed"]): r for r in runs}
     print("NaN drill:", {k: r.info.status for k, r in by_lr.items()})
     for (lr, _), run in by_lr.items():
+        logs = [a.path for a in client.list_artifacts(run.info.run_id, "logs")]  # the job's stdout and stderr
+        assert sorted(Path(p).suffix for p in logs) == [".err", ".out"], logs
         if float(lr) > 1:
             assert run.info.status == "FAILED"
             assert run.data.tags["failure_reason"].startswith("training diverged at iteration")
         else:
             assert run.info.status == "FINISHED"
             assert _steps(client, run.info.run_id, "train/loss") == [1, 2, 3, 4]
+            _assert_browsable(client, run)
     assert len(by_lr) == 4
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])  # the sweep's cost: its runs' sum
+    for key in ("cost/device_hours", "cost/wall_hours"):
+        assert parent.data.metrics[key] == pytest.approx(sum(r.data.metrics.get(key, 0) for r in runs))
+
+
+def _assert_browsable(client: MlflowClient, run: Any) -> None:
+    """What the run's page shows: system metrics, the datasets it read, the prediction images at each validation,
+    the cost and where the time went."""
+    metrics = run.data.metrics
+    system = {
+        "system/cpu_utilization_percentage",
+        "system/system_memory_usage_megabytes",
+        "system/rank0_memory_megabytes",
+    }
+    assert system <= set(metrics), sorted(metrics)
+    assert metrics["cost/attempts"] == 1 and 0 < metrics["cost/device_hours"] == metrics["cost/wall_hours"]
+    assert {"train/data_time_s", "train/step_time_s", "train/peak_memory_gb"} <= set(metrics)
+    inputs = {d.dataset.name: [t.value for t in d.tags] for d in run.inputs.dataset_inputs}
+    assert inputs == {"cityscapes/train": ["training"], "cityscapes/val": ["validation"]}
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    for step in (2, 4):  # every validation, as the image slider's steps
+        assert any(p.startswith("images/val~prediction~") and f"+step+{step}+" in p for p in images), images
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "predictions")] == ["predictions/legend.png"]
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from experiments.mlflow_tracker import SPOOL_NAME, MlflowTracker
 from experiments.server import running_server
 from experiments.store import child_runs, ensure_child_run, ensure_experiment, ensure_parent_run
+from experiments.system_metrics import SystemSampler
 
 
 class CountingClient(MlflowClient):
@@ -61,6 +62,26 @@ def test_resume_replay_is_not_duplicated(tmp_path: Path) -> None:
     second.close("FINISHED")
     assert _steps(uri, run_id) == list(range(1, 21))
     assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+
+
+def test_system_samples_join_the_points_and_go_on_after_a_requeue(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    run_id = _run(uri)
+    key, before = "system/rank0_memory_megabytes", 0
+    for step, status in enumerate((None, "FINISHED"), 1):  # a requeued attempt (left RUNNING), then the last one
+        tracker = MlflowTracker(uri, run_id, spool_dir=tmp_path, system=SystemSampler(interval_s=0.2))
+        time.sleep(0.3)
+        assert len(_steps(uri, run_id, key)) == before  # no sample before the engine's first call
+        tracker.log_metrics({"train/loss": 1.0}, step)  # which starts the sampler
+        time.sleep(0.5)  # a sample at the start, one every 0.2 s, one at close
+        tracker.close(status)
+        steps = _steps(uri, run_id, key)
+        assert len(steps) >= before + 3 and steps == list(range(len(steps)))  # numbered on, never twice
+        before = len(steps)
+    metrics = MlflowClient(uri).get_run(run_id).data.metrics
+    node = {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"}
+    assert node | {key, "system/rank0_cpu_utilization_percentage"} <= set(metrics)
+    assert 0 < metrics[key] < metrics["system/system_memory_usage_megabytes"]
 
 
 def test_ensure_functions_are_idempotent(tmp_path: Path) -> None:

@@ -2,7 +2,11 @@
 `mlflow server` started through experiments.server, `analysis report` through that server, and headless Debian
 chromium driven by playwright reading the runs table and the sweep's parent run.
 
-The screenshots (runs_table.png, parent_run.png, report.png) land in $TEST_ARTIFACTS (or the test's tmp_path).
+A child run's page shows what people browse for: its System metrics tab, its datasets (the runs table's Dataset
+column) and the prediction images under MLflow's step slider.
+
+The screenshots (runs_table.png, system_metrics.png, predictions.png, prediction_full.png, parent_run.png,
+report.png) land in $TEST_ARTIFACTS (or the test's tmp_path).
 """
 
 from __future__ import annotations
@@ -128,6 +132,33 @@ def close_assistant(page: Any) -> None:
         close.last.click()
 
 
+def run_page_shows_system_metrics_and_predictions(page: Any, server: str, eid: str, run_id: str, shots: Path) -> None:
+    """A child run's System metrics tab has charts of our samples; its Model metrics tab has the prediction images
+    with a step slider over the validations (2 and 4), and moving it shows an image."""
+    page.goto(run_page_url(server, eid, run_id))
+    close_assistant(page)
+    page.get_by_role("tab", name="System metrics").click()
+    page.get_by_text("rank0_memory_megabytes", exact=True).first.wait_for()
+    page.get_by_text("cpu_utilization_percentage", exact=True).first.wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()  # a chart drawn, not only its title
+    page.screenshot(path=str(shots / "system_metrics.png"))
+    page.get_by_role("tab", name="Model metrics").click()
+    page.get_by_placeholder("Search metric charts").fill("val/prediction")
+    slider = page.get_by_role("slider").first
+    slider.wait_for()
+    assert (slider.get_attribute("aria-valuemin"), slider.get_attribute("aria-valuemax")) == ("2", "4")
+    # MLflow opens the slider at step 0, where no image is: move it to the last validation
+    thumb, number = slider.bounding_box(), page.locator("input[type=number]").first.bounding_box()
+    page.mouse.click(number["x"] - 20, thumb["y"] + thumb["height"] / 2)
+    page.locator('img[src*="get-artifact"][src*="prediction"]').first.wait_for()
+    page.mouse.move(5, 5)  # a card under the pointer shows its run's params over the image
+    page.screenshot(path=str(shots / "predictions.png"))
+    page.locator('[data-component-id="fullscreen_button_chartcard"]').first.click()  # the panel at full size
+    page.get_by_role("dialog").locator('img[src*="get-artifact"]').first.wait_for()
+    page.screenshot(path=str(shots / "prediction_full.png"))
+    page.keyboard.press("Escape")
+
+
 def test_mlflow_ui_shows_the_verdict_and_the_runs_table(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
     from playwright.sync_api import sync_playwright
@@ -173,7 +204,10 @@ def test_mlflow_ui_shows_the_verdict_and_the_runs_table(tmp_path: Path) -> None:
                 shown[name] = cell.inner_text().strip()
                 seed = row.locator('[role=gridcell][col-id="tags.`seed`"]').inner_text().strip()
                 assert seed == run.data.params["train.seed"], name
+                datasets = row.locator('[role=gridcell][col-id="attributes.`Dataset`"]').inner_text()
+                assert "synthetic/train" in datasets, (name, datasets)  # the Datasets column tells synthetic runs
             page.screenshot(path=str(shots / "runs_table.png"))
+            run_page_shows_system_metrics_and_predictions(page, server, eid, children["r50-s0"].info.run_id, shots)
             assert page.get_by_text(SWEEP, exact=True).and_(run_links).count() == 0  # the parent is filtered out
 
             # the parent run's page: the verdict is its description
