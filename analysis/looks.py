@@ -83,7 +83,10 @@ def run_costs(runs: pd.DataFrame, spec: SweepSpec) -> Cost:
     planned = pd.Series(np.nan, index=runs.index)
     sources: set[str] = set()
     if logged.isna().any():
-        cells = cell_costs(spec, expand_grid(spec), runs, [])
+        try:
+            cells = cell_costs(spec, expand_grid(spec), runs, [])
+        except ExperimentsError as err:  # the spec's grid no longer loads here: the cost is unknown, not the looks
+            cells, sources = [], {f"none: {err}"}
         by_hash = {r.config_hash: c for c in cells for r in c.runs}
         by_values = {(c.values.get("model.backbone"), c.iterations): c for c in cells}
         for i, run in runs.iterrows():

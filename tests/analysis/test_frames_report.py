@@ -114,6 +114,9 @@ def test_report_writes_markdown_and_figures(report: Path) -> None:
         assert f"(figures/{name}.png)" in text
     runs_section = text.split("## Runs")[1]
     assert runs_section.count("| FINISHED |") == 8
+    # synthetic runs never share an axis with published (Cityscapes) numbers
+    final = (report / "figures" / "final_vs_schedule.svg").read_text()
+    assert "published Cityscapes numbers are not drawn" in final and "published: " not in final
 
 
 def test_report_html_is_self_contained_and_says_the_same(report: Path) -> None:

@@ -10,7 +10,15 @@ from tiny import REPO
 from analysis.cells import study_axes
 from analysis.figures import looks_figure
 from analysis.frames import LOGGED_DEVICE_HOURS
-from analysis.looks import Cost, cell_looks, decision_sentence, looks_table, run_costs, sequential_design
+from analysis.looks import (
+    Cost,
+    cell_looks,
+    decision_sentence,
+    looks_table,
+    run_costs,
+    sequential_design,
+    study_spec,
+)
 from analysis.sequential import SequentialDesign, analyse
 from experiments.spec import load_spec
 
@@ -97,3 +105,10 @@ def test_costs_are_the_runs_own_when_logged_else_the_planner_s() -> None:
     assert logged.unit == "device-hours" and (logged.hours == 5.0).all() and LOGGED_DEVICE_HOURS in logged.source
     design = sequential_design(spec, 0.5)
     assert design.looks == (4, 8, 12, 16) and design.futility and design.cap == 40 and design.margin == 0.5
+
+
+def test_the_spec_comes_from_the_path_given_and_a_bad_one_is_said(tmp_path) -> None:
+    spec, where = study_spec("sqlite:////nonexistent/mlflow.db", "any", str(STUDY))
+    assert spec is not None and spec.sequential.looks == (4, 8, 12, 16) and where == f"the sweep spec {STUDY}"
+    spec, where = study_spec("sqlite:////nonexistent/mlflow.db", "any", str(tmp_path / "gone.yaml"))
+    assert spec is None and "not readable here" in where and "--spec" in where
