@@ -7,6 +7,7 @@ the seeds themselves are drawn instead of a t-band; legends sit outside the data
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -18,8 +19,10 @@ from scipy import stats as sps
 
 from analysis.cells import StudyAxes, cell_label, iter_cells
 from analysis.gap import MIN_BAND_SEEDS
-from analysis.looks import CellLooks
 from analysis.stats import seed_summary
+
+if TYPE_CHECKING:  # analysis.looks reads specs and the store: the evidence's figures need neither
+    from analysis.looks import CellLooks
 
 COLOURS = {"resnet50": "tab:blue", "resnet101": "tab:orange"}
 MIOU = "val mIoU [points]"
