@@ -16,8 +16,8 @@ from experiments.store import publish_report
 from experiments.store.publish import REPORT_DIR
 
 # MLflow 3.17 shows an experiment's description folded to its first line (32 px high) until it is expanded: the
-# headline is one short line (about 110 characters fit beside the sidebar on a 1280 px wide window)
-HEADLINE_MAX = 110
+# headline is one short line (about 150 characters fit beside the sidebar in a 1280 px wide window, 120 in 1100 px)
+HEADLINE_MAX = 120
 
 
 def cell_metric_name(cell_key: tuple, cell_keys: tuple[str, ...]) -> str:
@@ -30,10 +30,8 @@ def cell_metric_name(cell_key: tuple, cell_keys: tuple[str, ...]) -> str:
 
 def _answer(c: Comparison) -> tuple[float, str, float, float, str, int]:
     """The headline's cell (the longest schedule): Δ, interval name and bounds, equivalence status, schedule."""
-    if c.looks:
-        cl: CellLooks = c.looks[-1]
-        if not cl.looks:
-            return math.nan, "RCI", math.nan, math.nan, "no look yet", int(cl.key[0])
+    cl: CellLooks | None = c.looks[-1] if c.looks else None
+    if cl is not None and cl.looks:
         last = cl.looks[-1]
         status = "shown" if last.equivalent else "not shown"
         if not (last.equivalent or last.futile or last.k >= len(cl.current.looks)):
@@ -42,6 +40,8 @@ def _answer(c: Comparison) -> tuple[float, str, float, float, str, int]:
     cell = c.cells[-1]
     t = cell.tost
     status = f"untested (n<{MIN_TOST_SEEDS})" if not cell.tested else "shown" if t.equivalent else "not shown"
+    if cl is not None:  # a sequential design before its first look: the seeds so far, and no claim
+        status = f"untested: look 1 needs {cl.design.looks[0]} seeds"
     return t.delta, "90% CI", t.ci90_low, t.ci90_high, status, cell.iterations
 
 
@@ -53,7 +53,7 @@ def headline(c: Comparison) -> str:
         return f"{warn}Δ = {DELTA_NAME}: no cell has finished runs of both backbones yet"
     delta, name, low, high, status, iterations = _answer(c)
     interval = f"{name} {low:+.2f}…{high:+.2f}" if not math.isnan(low) else f"no {name}"
-    more = f"; {len(c.cells) - 1} more cell{'s' * (len(c.cells) > 2)}" if len(c.cells) > 1 else ""
+    more = f"; +{len(c.cells) - 1} cell{'s' * (len(c.cells) > 2)}" if len(c.cells) > 1 else ""
     text = f"{warn}Δ = {DELTA_NAME}: {delta:+.2f} mIoU ({interval}) at {iterations} it.; equivalence ±{c.margin:g} "
     return text + status + more
 

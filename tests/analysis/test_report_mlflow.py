@@ -65,7 +65,7 @@ def test_the_landing_page_gives_delta_its_interval_and_equivalence_on_one_line(
     delta = longest["resnet101"] - longest["resnet50"]
     assert "\n" not in headline and len(headline) <= HEADLINE_MAX, headline
     assert f": {delta:+.2f} mIoU (RCI " in headline  # the sequential design's repeated CI: the study's answer
-    assert headline.endswith("equivalence ±0.5 not shown; 1 more cell"), headline
+    assert headline.endswith("equivalence ±0.5 not shown; +1 cell"), headline
 
 
 def test_delta_metrics_per_schedule_equal_the_report(published: tuple[Path, str], sweep_store: SweepStore) -> None:
