@@ -19,11 +19,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m experiments demo --workdir $(DEMO_DIR)
 
-# JupyterLab on the demo's store (run `make demo` first); the notebook reads these two variables
+# JupyterLab on the demo's store (run `make demo` first); the notebook reads these two variables. Its file browser
+# opens at the repository root; --allow-root: containers run as root, and jupyter refuses root without it
 notebook: $(STAMP)
 	test -f $(DEMO_DIR)/mlflow.db || { echo "error: no demo store at $(DEMO_DIR)/mlflow.db (run make demo first)" >&2; exit 1; }
 	DEEPLAB_TRACKING_URI=sqlite:///$(abspath $(DEMO_DIR))/mlflow.db DEEPLAB_EXPERIMENT=$(DEMO_EXPERIMENT) \
-		$(VENV)/bin/jupyter lab notebooks/res50_vs_res101.ipynb
+		$(VENV)/bin/jupyter lab --allow-root --ServerApp.root_dir=$(CURDIR) $(NOTEBOOK_ARGS) \
+		notebooks/res50_vs_res101.ipynb
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

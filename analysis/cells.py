@@ -3,6 +3,7 @@ with more than one value splits the runs into cells that are compared only withi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,8 +13,13 @@ from analysis.errors import AnalysisError
 from analysis.frames import CONFIG_COLUMNS
 
 COMPARE, REPLICATE, SCHEDULE = "model.backbone", "train.seed", "train.iterations"
-PREFERRED = ("resnet50", "resnet101")  # the question's order: Δ = res50 − res101
 SHORT = {"resnet50": "res50", "resnet101": "res101"}
+# The one sign convention, for every text, table, figure axis, metric name and description a person reads:
+# Δ = res101 − res50, res101's lead (positive when res101 is better), as the published tables are read.
+PREFERRED = ("resnet101", "resnet50")  # Δ = a − b
+DELTA_NAME = "res101 − res50"
+DELTA_DEFINITION = f"Δ = {DELTA_NAME} (res101's lead: positive when res101 is better)"
+DELTA_METRIC = "mIoU_res101_minus_res50"  # the parent run's metrics: DELTA_METRIC/<cell>
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,14 @@ class StudyAxes:
 
     @property
     def delta_name(self) -> str:
+        """'res101 − res50' (DELTA_NAME) for the study's two backbones; 'a − b' in grid order for others."""
         return f"{SHORT.get(self.a, self.a)} − {SHORT.get(self.b, self.b)}"
+
+    def ahead(self, delta: float) -> str:
+        """Which backbone a Δ favours, in words: 'res101 ahead', 'res50 ahead' or 'level'."""
+        if delta == 0 or math.isnan(delta):
+            return "level"
+        return f"{SHORT.get(self.a if delta > 0 else self.b, self.a if delta > 0 else self.b)} ahead"
 
 
 def column(key: str) -> str:

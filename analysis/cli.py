@@ -26,7 +26,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out, "--out")  # before pandas, matplotlib and MLflow are imported
     from analysis.report import write_report
 
-    path = write_report(args.experiment, _uri(args.tracking_uri), out, margin=args.margin, n_boot=args.bootstrap)
+    uri = _uri(args.tracking_uri)
+    path = write_report(args.experiment, uri, out, margin=args.margin, n_boot=args.bootstrap, spec=args.spec)
     print(f"report written to {path} (self-contained page: {path.with_suffix('.html')})")
     return 0
 
@@ -73,8 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write report.md/report.html with figures, tables and a verdict")
     p.add_argument("--experiment", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--margin", type=positive_float, default=0.5, help="equivalence margin in mIoU points")
+    p.add_argument(
+        "--margin",
+        type=positive_float,
+        default=None,
+        help="equivalence margin in mIoU points (default: the spec's analysis.margin, else 0.5)",
+    )
     p.add_argument("--bootstrap", type=int_in(1), default=2000, help="bootstrap replicates")
+    p.add_argument(
+        "--spec",
+        default=None,
+        help="the sweep spec (its analysis.sequential design); default: the file the sweep's parent run names",
+    )
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=_cmd_report)
     p = sub.add_parser("evidence", help="what public evidence says (the fork's logs, published pairs): no sweep")

@@ -4,21 +4,24 @@ the gap-vs-schedule fit and the verdict in words (all mIoU in points)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from analysis.cells import StudyAxes, cell_label, iter_cells, missing_cells, study_axes
+from analysis.cells import REPLICATE, StudyAxes, cell_label, iter_cells, missing_cells, study_axes
 from analysis.errors import AnalysisError
 from analysis.frames import curves_frame, per_image_confusions, runs_frame
 from analysis.gap import ScheduleFit, delta_curves, fit_sentence, schedule_fits
+from analysis.looks import CellLooks, cell_looks, decision_sentence, run_costs, sequential_design, study_spec
+from analysis.sequential import SequentialDesign
 from analysis.stats import BootstrapResult, TostResult, bootstrap_miou_delta, tost_equivalence
 from deeplab.tracking import VAL_MIOU, VAL_MIOU_SEED
 from experiments.errors import ExperimentsError
 from experiments.store import sweep_axes
 
 MIN_TOST_SEEDS = 3
+DEFAULT_MARGIN = 0.5  # mIoU points, when neither the caller nor the spec's analysis.margin says
 
 
 @dataclass
@@ -53,6 +56,9 @@ class Comparison:
     deltas: pd.DataFrame  # analysis.gap.delta_curves
     fits: list[ScheduleFit]
     margin: float
+    design: SequentialDesign | None = None  # the spec's analysis.sequential
+    looks: list[CellLooks] = field(default_factory=list)  # recomputed from the runs, one entry per cell
+    spec_note: str = ""  # where the spec (and so the design) came from, or why there is none
 
     @property
     def synthetic(self) -> bool:
@@ -88,8 +94,11 @@ def compare_cells(runs: pd.DataFrame, uri: str, axes: StudyAxes, margin: float, 
     return out
 
 
-def compare(experiment: str, tracking_uri: str, margin: float = 0.5, n_boot: int = 2000) -> Comparison:
-    """Everything the verdict rests on, read from the store."""
+def compare(
+    experiment: str, tracking_uri: str, margin: float | None = None, n_boot: int = 2000, spec: str | None = None
+) -> Comparison:
+    """Everything the verdict rests on, read from the store. ``margin``: the spec's analysis.margin unless given
+    (0.5 without either); ``spec``: the sweep spec's path when the parent run's ``sweep.spec`` is not readable."""
     runs_all = runs_frame(tracking_uri, experiment)
     runs = runs_all[runs_all.status == "FINISHED"].dropna(subset=["miou"])
     if runs.empty:
@@ -98,29 +107,35 @@ def compare(experiment: str, tracking_uri: str, margin: float = 0.5, n_boot: int
         grid = sweep_axes(tracking_uri, experiment)
     except ExperimentsError as err:
         raise AnalysisError(str(err)) from None
+    study, spec_note = study_spec(tracking_uri, experiment, spec)
+    if margin is None:
+        margin = study.margin if study is not None and study.margin is not None else DEFAULT_MARGIN
     axes = study_axes(grid, runs_all)
     curves = curves_frame(tracking_uri, list(runs.run_id), (VAL_MIOU, VAL_MIOU_SEED))
     cells = compare_cells(runs, tracking_uri, axes, margin, n_boot)
     deltas = delta_curves(runs, curves, axes)
     fits = schedule_fits(runs, axes)
-    return Comparison(experiment, tracking_uri, axes, runs_all, runs, curves, cells, deltas, fits, margin)
+    design = sequential_design(study, margin)
+    looks = []
+    if design is not None and study is not None:
+        grid_seeds = grid.get(REPLICATE) or sorted(runs.seed.unique())
+        looks = cell_looks(runs, axes, design, grid_seeds, run_costs(runs_all, study))
+    return Comparison(
+        experiment, tracking_uri, axes, runs_all, runs, curves, cells, deltas, fits, margin, design, looks, spec_note
+    )
 
 
-def _direction(delta: float) -> str:
-    return f"{abs(delta):.2f} points {'above' if delta > 0 else 'below'}" if delta else "level with"
-
-
-def verdict_line(c: CellComparison, axes: StudyAxes, synthetic: bool) -> str:
-    """One sentence per cell, saying no more than the data support."""
-    t, a, b = c.tost, *axes.delta_name.split(" − ")
-    text = f"at {c.label} {a} is {_direction(t.delta)} {b}"
+def verdict_line(c: CellComparison, axes: StudyAxes, synthetic: bool, sequential: bool = False) -> str:
+    """One sentence per cell, saying no more than the data support: Δ with its interval over seeds (the answer to
+    "would other seeds give the same gap?"); the bootstrap over images (evaluation noise only) stays out."""
+    t = c.tost
+    text = f"at {c.label}: Δ = {axes.delta_name} = {t.delta:+.2f} points, {axes.ahead(t.delta)}"
     if not math.isnan(t.ci90_low):
         text += f" (90% CI {t.ci90_low:+.2f}…{t.ci90_high:+.2f} over seeds"
     else:
         text += " (no interval over seeds"
-    if c.bootstrap is not None:
-        text += f"; 95% CI {c.bootstrap.ci_low:+.2f}…{c.bootstrap.ci_high:+.2f} over {c.bootstrap.n_images} images"
-    text += f"; {c.n_a} vs {c.n_b} seeds)"
+    text += f"; {c.n_a} vs {c.n_b} seeds"
+    text += ", all read as one fixed look: the sequential analysis above answers)" if sequential else ")"
     if not c.tested:
         text += f": fewer than {MIN_TOST_SEEDS} seeds per backbone, so no equivalence claim is made"
     elif t.equivalent:
@@ -133,11 +148,14 @@ def verdict_line(c: CellComparison, axes: StudyAxes, synthetic: bool) -> str:
 
 
 def verdict_lines(c: Comparison) -> list[str]:
-    """The verdict as markdown lines: one per cell, the schedule fit, then what is missing or unfinished."""
+    """The verdict as markdown lines: the sequential decision of each cell (when the spec plans one), one line per
+    cell over all seeds, the schedule fit, then what is missing or unfinished."""
     lines = []
     if not c.cells:
         lines.append("No cell has finished runs of both backbones yet: no comparison can be made.")
-    lines += [f"- {verdict_line(cell, c.axes, c.synthetic)}" for cell in c.cells]
+    # a sequential study's answer is its looks' repeated CI; every finished seed read as one fixed look is not
+    lines += [f"- **The answer** {decision_sentence(cl, c.axes)}" for cl in c.looks]
+    lines += [f"- {verdict_line(cell, c.axes, c.synthetic, sequential=bool(c.looks))}" for cell in c.cells]
     lines += [f"- {fit_sentence(fit, c.axes)}" for fit in c.fits]
     missing = missing_cells(c.runs_all, c.runs, c.axes)
     if missing:
@@ -160,9 +178,21 @@ def _equivalent(cell: CellComparison, tost: TostResult) -> str:
     return "yes" if tost.equivalent else "not shown"
 
 
+SEED_CI = "90% CI over seeds (the answer)"
+IMAGE_CI = "95% CI over images (evaluation noise only)"
+STATISTICS_NOTE = (
+    "**Which interval answers the question.** The 90% CI over seeds is how far another set of seeds could move Δ: "
+    "the TOST and the verdict use it. The paired bootstrap over validation images keeps each run's model fixed and "
+    "resamples only which images are scored: it measures evaluation noise, is usually narrower, and says nothing "
+    "about seeds; it is shown for that alone."
+)
+
+
 def statistics_table(c: Comparison) -> pd.DataFrame:
-    """One row per cell and metric; 'equivalent' says exactly what the verdict says."""
+    """One row per cell and metric; 'equivalent' says exactly what the verdict says; the image bootstrap's columns
+    are labelled as the evaluation noise they are."""
     rows = []
+    short = c.axes.delta_name.split(" − ")
     for cell in c.cells:
         for metric, tost, boot in (
             ("official", cell.tost, cell.bootstrap),
@@ -173,15 +203,13 @@ def statistics_table(c: Comparison) -> pd.DataFrame:
                 {
                     "cell": cell.label,
                     "metric": metric,
-                    "seeds a/b": f"{cell.n_a}/{cell.n_b}",
-                    f"Δ mIoU {c.axes.delta_name} (seeds)": tost.delta,
-                    "90% CI over seeds": "–"
-                    if math.isnan(tost.ci90_low)
-                    else f"{tost.ci90_low:+.2f}…{tost.ci90_high:+.2f}",
+                    f"seeds {'/'.join(short)}": f"{cell.n_a}/{cell.n_b}",
+                    f"Δ {c.axes.delta_name} (seed means)": f"{tost.delta:+.2f}",
+                    SEED_CI: "–" if math.isnan(tost.ci90_low) else f"{tost.ci90_low:+.2f}…{tost.ci90_high:+.2f}",
                     "TOST p": tost.p_value if tested else float("nan"),
                     "equivalent": _equivalent(cell, tost),
-                    "Δ mIoU (images)": boot.delta if boot else float("nan"),
-                    "bootstrap 95% CI": f"{boot.ci_low:+.2f}…{boot.ci_high:+.2f}" if boot else "–",
+                    "Δ on pooled images": f"{boot.delta:+.2f}" if boot else "–",
+                    IMAGE_CI: f"{boot.ci_low:+.2f}…{boot.ci_high:+.2f}" if boot else "–",
                     "images": boot.n_images if boot else 0,
                 }
             )

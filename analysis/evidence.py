@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from analysis.cells import DELTA_NAME
 from analysis.fork_logs import fork_meta, fork_validations
 from analysis.pairs import Pooled, matched_pairs, pool_pairs
 from analysis.published import published_frame
@@ -118,7 +119,7 @@ def _gaps(deltas: list[float]) -> str:
 
 
 def verdict_sentences(ev: Evidence, margin: float) -> list[str]:
-    """The verdict in sentences a reader can quote; each says which protocol each side used."""
+    """The verdict in sentences a reader can quote, the conclusion first; each says which protocol each side used."""
     c, p = ev.comparisons, ev.pooled
     seed = c[c.r50_selection.str.startswith("best-of") & (c.r101_selection == "final")].iloc[0]
     picked = next((b for b in ev.biases.values() if abs(b.best - seed.r50_miou) < 0.01), None)
@@ -126,10 +127,11 @@ def verdict_sentences(ev: Evidence, margin: float) -> list[str]:
     finals = c[(c.r50_selection == "final") & (c.r101_selection == "final")]
     half = Z95 * math.sqrt(2) * ev.run_sd
     lines = [
+        _conclusion(ev, seed.delta, margin),
         f"The seed's near-tie compares res50's {seed.r50_selection} (the best of all validations, picked on the "
         f"val set it is reported on: {seed.r50_miou:.2f} {where}) with res101's final model "
         f"({seed.r101_miou:.2f} after {int(seed.r101_iterations)} iterations): "
-        f"Δ = res101 − res50 = {seed.delta:+.2f} points.",
+        f"Δ = {DELTA_NAME} = {seed.delta:+.2f} points.",
         "Measured the same way, final model against final model, res50 scores "
         + " and ".join(f"{r.r50_miou:.2f} after {int(r.r50_iterations)} iterations" for r in finals.itertuples())
         + " (the last validation of each fork log), "
@@ -148,13 +150,18 @@ def verdict_sentences(ev: Evidence, margin: float) -> list[str]:
         "points over what a final model scores: " + "; ".join(parts) + "."
     )
     ahead = int((ev.pairs[ev.pairs.pooled].delta < 0).sum())
-    inflations = [b.inflation for b in ev.biases.values()]
     lines.append(
-        f"Across the {p.k} matched published pairs of final DeepLabV3+ models (single scale), res101 − res50 = "
+        f"Across the {p.k} matched published pairs of final DeepLabV3+ models (single scale), Δ = {DELTA_NAME} = "
         f"{p.fixed:+.2f} points (95% CI {p.fixed_ci[0]:+.2f}…{p.fixed_ci[1]:+.2f} at run-to-run sd {ev.run_sd:.2f}; "
         f"{p.scatter_ci[0]:+.2f}…{p.scatter_ci[1]:+.2f} from the pairs' own scatter; random effects "
         f"{p.random:+.2f}, τ² = {p.tau2:.2f}); res50 is ahead in {ahead} of {p.k}."
     )
+    return lines
+
+
+def _conclusion(ev: Evidence, seed_delta: float, margin: float) -> str:
+    p = ev.pooled
+    inflations = [b.inflation for b in ev.biases.values()]
     low = min(p.fixed_ci[0], p.scatter_ci[0])
     if low > 0:
         answer = f"res101 leads by about {p.fixed:.1f} points under matched protocols"
@@ -163,11 +170,10 @@ def verdict_sentences(ev: Evidence, margin: float) -> list[str]:
     se = (p.fixed_ci[1] - p.fixed_ci[0]) / (2 * Z95)
     ci90 = (p.fixed - Z90 * se, p.fixed + Z90 * se)
     shown = -margin < ci90[0] and ci90[1] < margin
-    lines.append(
-        f"As far as public evidence goes, {answer}, and the seed's {seed.delta:+.2f} is what comparing a best-of-N "
+    return (
+        f"As far as public evidence goes, {answer}, and the seed's {seed_delta:+.2f} is what comparing a best-of-N "
         f"pick on val with a final model produces (a {p.fixed:+.2f} gap less a "
         f"{min(inflations):.2f}–{max(inflations):.2f} inflation); equivalence within ±{margin:g} is "
         f"{'shown' if shown else 'not shown'} (pooled 90% CI {ci90[0]:+.2f}…{ci90[1]:+.2f}); settling it takes "
         "the study's own seeds (`python -m experiments plan SPEC`)."
     )
-    return lines

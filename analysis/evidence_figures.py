@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from analysis.cells import DELTA_NAME
 from analysis.figures import save_figure
 from analysis.pairs import Pooled
 from analysis.selection import SelectionBias
@@ -96,7 +97,8 @@ def fork_loss_figure(progress: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def forest_figure(pairs: pd.DataFrame, pooled: Pooled, margin: float, out: Path) -> list[Path]:
-    """Δ = res101 − res50 per matched published pair with its interval, and the pooled estimates."""
+    """Δ = res101 − res50 (analysis.cells.DELTA_NAME) per matched published pair with its interval, and the pooled
+    estimates; which side of 0 favours which backbone is written on the axis."""
     labels = [
         f"{r.source} {r.method} {r.crop} {'' if pd.isna(r.iterations) else f'{int(r.iterations) // 1000}k '}"
         f"{r.eval}{' (torchvision weights)' if r.weights.startswith('torchvision') else ''}"
@@ -127,7 +129,10 @@ def forest_figure(pairs: pd.DataFrame, pooled: Pooled, margin: float, out: Path)
     for yi, (_, est, (low, high)) in zip(y[len(pairs) :], summary, strict=True):
         ax.fill([low, est, high, est], [yi, yi + 0.3, yi, yi - 0.3], color="tab:red", alpha=0.7)
     ax.set_yticks(y, labels + [s[0] for s in summary], fontsize=7)
-    ax.set_xlabel(f"Δ mIoU = res101 − res50 (points); 95% intervals at run-to-run sd {pooled.run_sd:.2f}")
+    ax.set_xlabel(
+        f"Δ = {DELTA_NAME} [mIoU points]: ← res50 ahead | res101 ahead →; "
+        f"95% intervals at run-to-run sd {pooled.run_sd:.2f}"
+    )
     ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("matched published pairs (filled: pooled; open: shown, not pooled)", fontsize=9)

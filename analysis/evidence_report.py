@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import evidence_figures
+from analysis.cells import DELTA_DEFINITION, DELTA_NAME
 from analysis.errors import AnalysisError
 from analysis.evidence import Evidence, gather_evidence, verdict_sentences
 from analysis.fork_logs import fork_meta, fork_progress, fork_summary
@@ -15,6 +16,7 @@ from analysis.seed_log import SEED_EPOCH_ITERATIONS
 from analysis.selection import expected_max_iid
 
 K_LAST = 10
+TITLE = "Does a ResNet-50 backbone match ResNet-101? — what public evidence says"
 
 
 def write_evidence(out: Path, run_sd: float | None = None, margin: float = 0.5) -> Path:
@@ -123,10 +125,10 @@ def _comparison_section(ev: Evidence) -> list[str]:
         "## Matched-protocol comparison (the seed recipe)",
         "",
         "Every res50 and res101 number of the seed recipe (768×768 crops, output stride 16, batch 8 on 2 GPUs, "
-        "single scale), Δ = res101 − res50 in points, with the protocol of each side. Intervals: one run per side, "
+        f"single scale), Δ = {DELTA_NAME} in points, with the protocol of each side. Intervals: one run per side, "
         f"95%, ±1.96·√2·sd at run-to-run sd {ev.run_sd:.2f} ({ev.run_sd_source}).",
         "",
-        markdown_table(table.rename(columns={"delta": "Δ", "ci_low": "95% low", "ci_high": "95% high"})),
+        markdown_table(table.rename(columns={"delta": f"Δ {DELTA_NAME}", "ci_low": "95% low", "ci_high": "95% high"})),
         "",
     ]
 
@@ -143,7 +145,7 @@ def _pairs_section(ev: Evidence) -> list[str]:
         "",
         " ".join(rule.split()),
         "",
-        markdown_table(table.rename(columns={"delta": "Δ", "not_pooled": "pooled?"})),
+        markdown_table(table.rename(columns={"delta": f"Δ {DELTA_NAME}", "not_pooled": "pooled?"})),
         "",
         "![forest plot of the matched pairs](figures/forest.png)",
         "",
@@ -162,10 +164,18 @@ def _pairs_section(ev: Evidence) -> list[str]:
 
 
 def render(ev: Evidence, margin: float) -> str:
-    """The evidence report's markdown."""
-    lines = ["# Does a ResNet-50 backbone match ResNet-101? — what public evidence says", "", "## Verdict", ""]
-    lines += [f"- {sentence}" for sentence in verdict_sentences(ev, margin)]
+    """The evidence report's markdown, its conclusion first."""
+    conclusion, *supporting = verdict_sentences(ev, margin)
+    lines = [f"# {TITLE}", "", f"**Conclusion.** {conclusion}", "", f"{DELTA_DEFINITION}, in mIoU points.", ""]
+    lines += ["## Verdict: the evidence behind the conclusion", "", *[f"- {sentence}" for sentence in supporting]]
     lines += ["", *_fork_section(ev), *_selection_section(ev), *_comparison_section(ev), *_pairs_section(ev)]
-    table = ev.published[["source", "method", "backbone", "crop", "iterations", "eval", "miou", "selection", "url"]]
-    lines += ["## The published table (with each row's protocol)", "", markdown_table(table), ""]
+    cols = ["source", "method", "backbone", "crop", "iterations", "eval", "miou", "selection", "note", "url"]
+    lines += ["## The published table (with each row's protocol and note)", "", markdown_table(ev.published[cols]), ""]
     return "\n".join(lines)
+
+
+def section_of(text: str, folder: str) -> str:
+    """The evidence report (``text``, written to ``folder``) as the last section of a report one folder up: each
+    heading one level down, figure paths through ``folder``."""
+    lines = [f"#{line}" if line.startswith("#") else line for line in text.splitlines()]
+    return "\n" + "\n".join(lines).replace("](figures/", f"]({folder}/figures/") + "\n"

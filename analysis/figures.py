@@ -7,6 +7,7 @@ the seeds themselves are drawn instead of a t-band; legends sit outside the data
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -20,15 +21,20 @@ from analysis.cells import StudyAxes, cell_label, iter_cells
 from analysis.gap import MIN_BAND_SEEDS
 from analysis.stats import seed_summary
 
+if TYPE_CHECKING:  # analysis.looks reads specs and the store: the evidence's figures need neither
+    from analysis.looks import CellLooks
+
 COLOURS = {"resnet50": "tab:blue", "resnet101": "tab:orange"}
 MIOU = "val mIoU [points]"
 
 
 def save_figure(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+    """PNG and SVG; the SVG keeps its text as text (searchable, and the tests read the axis labels)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.svg"]
-    for path in paths:
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        for path in paths:
+            fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return paths
 
@@ -97,14 +103,16 @@ def delta_curves_figure(deltas: pd.DataFrame, out: Path, axes: StudyAxes, margin
         ax.set_title(cell, fontsize=9)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
-    panels[0].set_ylabel(f"Δ val mIoU {axes.delta_name} [points]")
+    panels[0].set_ylabel(f"Δ = {axes.delta_name} [val mIoU points]")
     _legend_below(fig, panels[0])
     return save_figure(fig, out, "delta_curves")
 
 
 def final_vs_schedule_figure(runs: pd.DataFrame, published: pd.DataFrame, out: Path, axes: StudyAxes) -> list[Path]:
-    """Final mIoU vs schedule length: the mean with a 95% CI (n ≥ 3) or each seed, with the published points."""
+    """Final mIoU vs schedule length: the mean with a 95% CI (n ≥ 3) or each seed, with the published points; runs
+    on synthetic data never share an axis with published (Cityscapes) numbers: those are left out then."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    synthetic = bool(runs.synthetic.any()) if "synthetic" in runs else False
     others = axes.cell_columns[1:]
     summary = seed_summary(runs, by=["backbone", *axes.cell_columns])
     for key, group in summary.groupby(["backbone", *others], dropna=False):
@@ -122,15 +130,18 @@ def final_vs_schedule_figure(runs: pd.DataFrame, published: pd.DataFrame, out: P
         few = runs[mask & runs.iterations.isin(group.iterations[~ok])]
         if len(few):  # each seed where n < 3: no t-interval
             ax.scatter(few.iterations, few.miou, s=18, color=colour, alpha=0.7, marker="x", label=f"{label} (seeds)")
-    markers = {"seed README (CoinCheung)": "*", "seed README outreach": "P", "mmsegmentation": "s"}
+    markers = {"seed README (CoinCheung)": "*", "seed fork README (konami86)": "P", "mmsegmentation": "s"}
     dated = published.dropna(subset=["iterations"])
+    if synthetic:
+        dated = dated.iloc[:0]
+        ax.set_title("synthetic data: the published Cityscapes numbers are not drawn beside it", fontsize=9)
     for _, row in dated.iterrows():
         marker = markers.get(row.source, "X")
         ax.scatter(row.iterations, row.miou, marker=marker, color=COLOURS.get(row.backbone), edgecolor="black", s=60)
     for source in dict.fromkeys(dated.source):
         marker = markers.get(source, "X")
         ax.scatter([], [], marker=marker, color="grey", edgecolor="black", label=f"published: {source}")
-    ax.set_xscale("log")  # a CPU demo's tens of iterations and the published tens of thousands on one axis
+    ax.set_xscale("log")  # schedules double: 10k, 20k, 40k, 80k
     ax.set_xlabel("training iterations (log scale)")
     ax.set_ylabel(f"final {MIOU}, single scale")
     ax.set_ylim(0, 100)
@@ -152,7 +163,8 @@ def per_class_delta_figure(per_class: pd.DataFrame, runs: pd.DataFrame, out: Pat
         both_zero = (table.a == 0) & (table.b == 0)
         delta = (table.a - table.b).sort_values()
         y = np.arange(len(delta))
-        ax.barh(y, delta.to_numpy(), color=np.where(delta.to_numpy() >= 0, "tab:blue", "tab:orange"))
+        ahead = np.where(delta.to_numpy() >= 0, COLOURS.get(axes.a, "tab:orange"), COLOURS.get(axes.b, "tab:blue"))
+        ax.barh(y, delta.to_numpy(), color=ahead)  # each bar in the colour of the backbone it favours
         for i, name in enumerate(delta.index):
             if both_zero[name]:
                 ax.barh(i, 1, left=-0.5, color="none", edgecolor="grey", hatch="///", lw=0)
@@ -160,7 +172,7 @@ def per_class_delta_figure(per_class: pd.DataFrame, runs: pd.DataFrame, out: Pat
         ax.set_yticks(y, delta.index, fontsize=7)
         ax.axvline(0, color="black", lw=0.8)
         ax.set_title(cell_label(axes, key), fontsize=9)
-        ax.set_xlabel(f"Δ IoU {axes.delta_name} [points]")
+        ax.set_xlabel(f"Δ = {axes.delta_name} [IoU points]")
     return save_figure(fig, out, "per_class_delta")
 
 
@@ -182,3 +194,50 @@ def cost_figure(runs: pd.DataFrame, out: Path) -> list[Path]:
     ax3.set_ylabel("GFLOPs per forward pass at the crop")
     fig.tight_layout()
     return save_figure(fig, out, "cost")
+
+
+def looks_figure(cells: list[CellLooks], out: Path, axes: StudyAxes) -> list[Path]:
+    """The sequential study: Δ at each look with its repeated CI, the ±margin, and each look's boundaries: the
+    green ticks bound the Δ estimate that stops for equivalence (its RCI then lies inside ±margin), the dotted lines
+    at ±margin the estimate that stops for futility (from look 2, when the design has it). The y axis shows a few
+    margins; an RCI beyond it is cut and written out. Planned looks not reached yet are labelled in grey."""
+    fig, panels = _panels(max(len(cells), 1), width=5.0, height=3.8)
+    for ax, cell in zip(panels, cells, strict=False):
+        design, m = cell.current, cell.design.margin
+        ks = np.arange(1, len(design.looks) + 1)
+        lim = max([3 * m, *(1.3 * abs(look.delta) for look in cell.looks)])
+        ax.axhspan(-m, m, color="grey", alpha=0.15, label=f"±{m:g} margin")
+        ax.axhline(0, color="black", lw=0.8)
+        if design.futility and len(ks) > 1:
+            ax.hlines(
+                [-m, m], 1.5, ks[-1] + 0.4, colors="tab:red", linestyles=":", label="futility: |estimate| ≥ margin"
+            )
+        label = "equivalence: estimate between"
+        for look in cell.looks:
+            inner = m - (look.rci_high - look.rci_low) / 2  # |Δ| below this puts the RCI inside ±margin
+            if inner > 0:
+                ax.hlines(
+                    [-inner, inner], look.k - 0.25, look.k + 0.25, colors="tab:green", linestyles="--", label=label
+                )
+                label = None
+            if look.rci_low < -lim or look.rci_high > lim:
+                text = f"RCI\n{look.rci_low:+.2f}\n…{look.rci_high:+.2f}"
+                ax.annotate(text, (look.k, 0.97 * lim), ha="left", va="top", fontsize=7, xytext=(4, 0),
+                            textcoords="offset points")  # fmt: skip
+        if cell.looks:
+            k = [look.k for look in cell.looks]
+            d = np.array([look.delta for look in cell.looks])
+            low = np.maximum([look.rci_low for look in cell.looks], -lim)
+            high = np.minimum([look.rci_high for look in cell.looks], lim)
+            ax.errorbar(k, d, yerr=[d - low, high - d], fmt="o", color="tab:purple", capsize=4, label="Δ, repeated CI")
+        ticks = [f"look {k}\n{n} seeds\np {p:.4f}" for k, n, p in zip(ks, design.looks, design.nominal(), strict=True)]
+        ax.set_xticks(ks, ticks, fontsize=7)
+        for tick, k in zip(ax.get_xticklabels(), ks, strict=True):
+            tick.set_color("black" if k <= len(cell.looks) else "grey")
+        ax.set_xlim(0.5, ks[-1] + 0.5)
+        ax.set_ylim(-lim, lim)
+        ax.set_title(cell.label, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    panels[0].set_ylabel(f"Δ = {axes.delta_name} [final val mIoU points]")
+    _legend_below(fig, panels[0], ncol=2)
+    return save_figure(fig, out, "looks")

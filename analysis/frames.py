@@ -72,6 +72,7 @@ def _wall_hours(start: int | None, end: int | None, first_point: int | None) -> 
     return max(0.0, ((end or begin) - begin) / 3.6e6)
 
 
+LOGGED_DEVICE_HOURS = COST_DEVICE_HOURS  # a run's own cost, when its engine logged one (a column of that name)
 LEGACY_SEED_METRIC = "val/mIoU_seed_metric"  # what the void-as-FP mIoU was called while mIoU was a fraction
 
 
@@ -113,6 +114,7 @@ def runs_frame(tracking_uri: str, experiment: str) -> pd.DataFrame:
             "gpu_hours": device_hours if p.get("info.device") == "cuda" else float("nan"),
             "device_hours": device_hours,
             "source": run.tags.get("source", "sweep"),
+            LOGGED_DEVICE_HOURS: run.metrics.get(LOGGED_DEVICE_HOURS, float("nan")),
             "experiment_id": eid,
             "config_params": dict(p),  # the store's strings, for deeplab.params.config_from_params
             # every config key as a dotted column, so the analysis reads any sweep axis it is told about

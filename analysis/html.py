@@ -20,8 +20,8 @@ from markdown.treeprocessors import Treeprocessor
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.45; }
-table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.85rem; max-width: 100%; }
+th, td { border: 1px solid #ccc; padding: 0.2rem 0.4rem; text-align: left; overflow-wrap: anywhere; }
 th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; }
@@ -70,7 +70,8 @@ class _Inline(Treeprocessor):
 
 def markdown_to_html(text: str, base: Path) -> str:
     """The report's markdown as a standalone HTML page; images under ``base`` are inlined as data URIs."""
-    md = markdown.Markdown(extensions=["tables", "sane_lists"], output_format="html")
+    # toc: every heading gets an id, so in-page links work (MLflow's artifact viewer allows no other kind)
+    md = markdown.Markdown(extensions=["tables", "sane_lists", "toc"], output_format="html")
     md.preprocessors.deregister("html_block")  # raw HTML is text here
     md.inlinePatterns.deregister("html")
     md.inlinePatterns.deregister("entity")

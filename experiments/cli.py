@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from experiments.spec import load_spec
+    from experiments.spec import load_spec, wide_axis
 
     spec = load_spec(args.spec)  # a bad spec fails before torch, MLflow and submitit are imported (seconds)
-    if spec.sequential is not None:  # the current look's seeds only; a person asked, so a stall or cancel is lifted
+    if spec.sequential is not None and (wide := wide_axis(spec)):
+        print(f"note: grid.{wide} has several values: every seed is submitted at once (the report reads the looks)")
+    elif spec.sequential is not None:  # the current look's seeds only; a person asked, so a stall or cancel is lifted
         from experiments.study import advance
 
         advance(

@@ -18,6 +18,7 @@ from experiments.store import default_tracking_uri, ensure_experiment, report_pa
 from experiments.sweep import submit
 
 DEMO_SPEC = Path(__file__).resolve().parent / "sweeps" / "demo_synthetic.yaml"
+STUDY_SPEC = Path(__file__).resolve().parent / "sweeps" / "r50_vs_r101_cityscapes.yaml"  # the real question
 PROGRESS_EVERY_S = 30.0
 UI_PORT = 5000
 UI = f"http://127.0.0.1:{UI_PORT}"
@@ -60,6 +61,16 @@ def _progress(spec: SweepSpec, start: float, stop: threading.Event) -> None:
         print(f"  [{elapsed}] {done}/{len(runs)} done; " + (", ".join(active) or "waiting"), flush=True)
 
 
+def study_designs(tracking_uri: str, replicates: int | None = None) -> list[str]:
+    """`experiments plan`'s fixed-vs-sequential comparison of the shipped study, as lines (about 10 s: building
+    the two models for their FLOPs, then 20 000 simulated studies per figure; ``replicates`` to go faster)."""
+    from experiments.plan import REPLICATES, format_designs, plan_study
+
+    plan = plan_study(load_spec(STUDY_SPEC), tracking_uri, replicates=replicates or REPLICATES)
+    head = f"the study this demo rehearses: python -m experiments plan {STUDY_SPEC.relative_to(STUDY_SPEC.parents[2])}"
+    return [head, *(format_designs(plan.designs) if plan.designs else ["  (the spec compares no res50/res101 cell)"])]
+
+
 def run_demo(workdir: Path, executor: str = "auto") -> int:
     """Run the demo sweep into ``workdir`` (data, runs, mlflow.db, artifacts, report) and say where everything is."""
     start = time.perf_counter()
@@ -75,6 +86,7 @@ def run_demo(workdir: Path, executor: str = "auto") -> int:
         executor = "slurm" if _cluster_up() else "local"
     if executor == "slurm":  # sbatch passes this on: one torch thread per allocated CPU, not one per core
         os.environ.setdefault("OMP_NUM_THREADS", str(spec.slurm.cpus_per_task))
+    print("\n".join(study_designs(uri)) + "\n", flush=True)
     print(f"demo: {len(expand_grid(spec))} runs on the {executor} executor; tracking {uri}", flush=True)
     stop = threading.Event()
     watcher = threading.Thread(target=_progress, args=(spec, start, stop), daemon=True)

@@ -162,6 +162,30 @@ def _store_sd(runs: list[RunSpec], frame: Any, notes: list[str]) -> float | None
     return math.sqrt(sum((len(g) - 1) * g.var(ddof=1) for _, g in cells if len(g) > 1) / dof)
 
 
+def gpus_per_run(spec: SweepSpec) -> int:
+    """GPUs one run of the sweep holds (nodes × GPUs per node)."""
+    return spec.slurm.nodes * spec.slurm.gpus_per_node
+
+
+def cell_costs(spec: SweepSpec, runs: list[RunSpec], frame: Any, notes: list[str]) -> list[Cell]:
+    """The grid's runs by cell (seed aside) with their seconds per iteration: the median of the store's finished
+    GPU runs of the cell's config (``frame``: analysis.frames.runs_frame, or None), else the fork's anchor scaled."""
+    measured = _measured(spec, runs, frame, notes)
+    groups: dict[tuple, list[RunSpec]] = {}
+    for run in runs:
+        groups.setdefault(_key(run.values, {"train.seed"}), []).append(run)
+    cells = []
+    for members in groups.values():
+        times = measured.get(_key(members[0].values, {"train.iterations", "train.seed"}))
+        if times:
+            s_per_it, source = sorted(times)[len(times) // 2], f"measured: median of {len(times)} finished GPU run(s)"
+        else:
+            s_per_it, source = _anchor(members[0])
+        values = {k: v for k, v in members[0].values.items() if k != "train.seed"}
+        cells.append(Cell(values, members, s_per_it, source))
+    return cells
+
+
 def plan_study(
     spec: SweepSpec,
     tracking_uri: str | None = None,
@@ -177,19 +201,7 @@ def plan_study(
 
     runs, notes = expand_grid(spec), []
     frame = _store(spec, tracking_uri, notes)
-    measured = _measured(spec, runs, frame, notes)
-    groups: dict[tuple, list[RunSpec]] = {}
-    for run in runs:
-        groups.setdefault(_key(run.values, {"train.seed"}), []).append(run)
-    cells = []
-    for members in groups.values():
-        times = measured.get(_key(members[0].values, {"train.iterations", "train.seed"}))
-        if times:
-            s_per_it, source = sorted(times)[len(times) // 2], f"measured: median of {len(times)} finished GPU run(s)"
-        else:
-            s_per_it, source = _anchor(members[0])
-        values = {k: v for k, v in members[0].values.items() if k != "train.seed"}
-        cells.append(Cell(values, members, s_per_it, source))
+    cells = cell_costs(spec, runs, frame, notes)
     if margin is not None:
         margin_source = "--margin"
     elif spec.margin is not None:
@@ -203,7 +215,7 @@ def plan_study(
         sd_source = "the store: pooled over seeds of this grid's finished runs"
     else:
         sd, sd_source = _evidence_sd(), "the evidence: the seed fork plateaus' validation noise (analysis evidence)"
-    gpus = spec.slurm.nodes * spec.slurm.gpus_per_node
+    gpus = gpus_per_run(spec)
     plan = Plan(spec, gpus, cells, margin, margin_source, sd, sd_source, delta, alpha, notes=notes)
     pairs: dict[tuple, dict[str, Cell]] = {}
     for cell in cells:
@@ -310,7 +322,7 @@ def _needed(plan: Plan) -> str:
 # ---- fixed vs sequential design, in GPU-hours (issue 19 §2) -------------------------------------------------
 # The statistics are analysis.sequential's (imported from analysis/ as the power above is, until the planner's
 # statistics side moves there: experiments/ is to import nothing from analysis/).
-DELTAS = (0.0, 0.25, 0.5, 1.0)  # true |res50 − res101| in points; the evidence's pooled gap is added
+DELTAS = (0.0, 0.25, 0.5, 1.0)  # true |res101 − res50| in points; the evidence's pooled gap is added
 SDS = (
     (0.3, "assumed: a quieter recipe than the evidence suggests"),
     (0.7, "one public re-run: mmsegmentation #87 (78.59 vs the table's 79.61) read as seed noise"),

@@ -265,12 +265,12 @@ def _sequential_grid(grid: dict[str, list[Any]], margin: Any, where: str) -> Non
         or (len(set(seeds)) != len(seeds))
     ):
         raise ExperimentsError(f"{where}: analysis.sequential needs grid.train.seed, a list of distinct whole numbers")
-    wide = [key for key, values in grid.items() if key not in ("model.backbone", "train.seed") and len(values) > 1]
-    if wide:
-        raise ExperimentsError(
-            f"{where}: grid.{wide[0]} has {len(grid[wide[0]])} values, but a sequential study compares one "
-            "configuration of each backbone; make one spec per value"
-        )
+
+
+def wide_axis(spec: SweepSpec) -> str | None:
+    """A grid axis besides backbone and seed with several values: the spec compares several configurations, which
+    `advance` cannot step look by look (the report still reads each cell's looks)."""
+    return next((k for k, v in spec.grid.items() if k not in ("model.backbone", "train.seed") and len(v) > 1), None)
 
 
 def _check_keys(path: Path, base: Path, section: dict[str, Any], where: str) -> None:

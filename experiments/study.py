@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from deeplab.tracking import VAL_MIOU
 from experiments.errors import ExperimentsError
 from experiments.jobs import JobRecord, alive, read_job, sweep_lock
-from experiments.spec import RunSpec, SweepSpec, expand_grid
+from experiments.spec import RunSpec, SweepSpec, expand_grid, wide_axis
 
 if TYPE_CHECKING:
     from analysis.sequential import Look, SequentialDesign
@@ -250,6 +250,11 @@ def advance(
 
     if spec.sequential is None:
         raise ExperimentsError(f"sweep spec {spec.path}: no analysis.sequential section, so no looks to advance")
+    if wide := wide_axis(spec):
+        raise ExperimentsError(
+            f"sweep spec {spec.path}: grid.{wide} has {len(spec.grid[wide])} values, but `advance` steps one "
+            "configuration of each backbone; make one spec per value"
+        )
     kind = choose_executor(executor)
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
     check_reachable(uri)

@@ -14,7 +14,7 @@ query for metric histories, used only on the schema revision it was checked agai
 """
 
 from experiments.store.client import StoreGone, open_client
-from experiments.store.publish import CellSummary, publish_report, report_parent
+from experiments.store.publish import publish_report, report_link, report_parent
 from experiments.store.read import (
     RunRecord,
     download_artifact,
@@ -75,7 +75,6 @@ __all__ = [
     "PARENT_ROLE",
     "RECORD_KEY",
     "TERMINAL",
-    "CellSummary",
     "ChildRun",
     "NewChild",
     "Recorded",
@@ -108,6 +107,7 @@ __all__ = [
     "record_run",
     "redact",
     "reopen_parent",
+    "report_link",
     "report_parent",
     "resolve_tracking_uri",
     "run_page_url",

@@ -41,6 +41,7 @@ def _fixture_spec(root: Path) -> Path:
     spec["overrides"].pop("train.iterations")
     spec["overrides"]["data.root"] = str(root / "data")
     spec["overrides"]["train.keep_weights"] = False  # the analysis reads MLflow; 8 runs' weights would be ~1.6 GB
+    spec["analysis"] = {"margin": 0.5, "sequential": {"looks": [2]}}  # the report's looks, at the grid's 2 seeds
     path = root / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

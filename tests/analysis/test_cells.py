@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.cells import cell_label, iter_cells, missing_cells, study_axes
+from analysis.cells import DELTA_NAME, cell_label, iter_cells, missing_cells, study_axes
 from analysis.errors import AnalysisError
 from analysis.gap import delta_curves, fit_sentence, schedule_fits
 
@@ -22,14 +22,14 @@ GRID = {
 
 
 def _runs(gap_per_doubling: float = 0.0) -> pd.DataFrame:
-    """One run per grid point; res50 − res101 = −1 at 1000 iterations, plus ``gap_per_doubling`` per doubling,
+    """One run per grid point; Δ = res101 − res50 = +1 at 1000 iterations, plus ``gap_per_doubling`` per doubling,
     and imagenet weights 20 points above none (pooling across weights would show up in the spread)."""
     rng = np.random.default_rng(0)
     rows = []
     for bb, it, w, seed in itertools.product(
         *(GRID[k] for k in ("model.backbone", "train.iterations", "model.weights", "train.seed"))
     ):
-        gap = (-1 + gap_per_doubling * np.log2(it / 1000)) if bb == "resnet50" else 0.0
+        gap = (-1 - gap_per_doubling * np.log2(it / 1000)) if bb == "resnet50" else 0.0
         miou = 60 + 20 * (w == "imagenet") + gap + rng.normal(0, 0.05)
         rows.append(
             {
@@ -45,23 +45,28 @@ def _runs(gap_per_doubling: float = 0.0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_extra_axis_defines_cells_and_backbones_come_in_the_question_order() -> None:
+def test_extra_axis_defines_cells_and_backbones_come_in_the_convention_order() -> None:
     runs = _runs()
-    axes = study_axes(GRID, runs)
-    assert (axes.a, axes.b, axes.delta_name) == ("resnet50", "resnet101", "res50 − res101")
+    axes = study_axes({**GRID, "model.backbone": ["resnet50", "resnet101"]}, runs)  # the grid's order is not it
+    assert (
+        (axes.a, axes.b, axes.delta_name)
+        == ("resnet101", "resnet50", DELTA_NAME)
+        == ("resnet101", "resnet50", "res101 − res50")
+    )
+    assert axes.ahead(0.4) == "res101 ahead" and axes.ahead(-0.4) == "res50 ahead" and axes.ahead(0.0) == "level"
     assert axes.cell_keys == ("train.iterations", "model.weights")
     cells = list(iter_cells(runs, axes))
     assert len(cells) == 4
     for key, a, b in cells:
         assert len(a) == len(b) == 3
         assert set(a["model.weights"]) == set(b["model.weights"]) == {key[1]}  # never pooled across weights
-        assert (a.miou.mean() - b.miou.mean()) == pytest.approx(-1, abs=0.2)
+        assert (a.miou.mean() - b.miou.mean()) == pytest.approx(1, abs=0.2)  # res101 leads by 1
     assert cell_label(axes, cells[0][0]) == "1000 iterations, model.weights=imagenet"
 
 
 def test_without_a_recorded_grid_schedule_length_is_the_only_cell_axis() -> None:
     axes = study_axes({}, _runs())
-    assert axes.cell_keys == ("train.iterations",) and axes.a == "resnet50"
+    assert axes.cell_keys == ("train.iterations",) and axes.a == "resnet101"
     with pytest.raises(AnalysisError, match="model.backbone"):
         study_axes({"model.backbone": ["resnet50"]}, _runs())
     with pytest.raises(AnalysisError, match="model.foo"):

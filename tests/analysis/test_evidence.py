@@ -17,6 +17,7 @@ from analysis.evidence import evidence_run_sd, gather_evidence, verdict_sentence
 from analysis.pairs import matched_pairs, pool_pairs
 from analysis.published import published_frame
 
+SEED_REPOS = ("CoinCheung/DeepLab-v3-plus-cityscapes", "konami86/DeepLab-v3-plus-cityscapes-Res50")
 POOLED = {  # (source, crop, iterations, weights): the single-scale DeepLabV3+ pairs of final models
     ("mmsegmentation", "512x1024", 40000, "source default"),
     ("mmsegmentation", "512x1024", 80000, "source default"),
@@ -39,7 +40,7 @@ def test_matched_pairs_are_like_for_like_and_say_why_not_pooled() -> None:
         assert r.miou_r101 - r.miou_r50 == pytest.approx(r.delta)
         assert {r.miou_r50, r.miou_r101} <= set(rows.miou)
         assert r.ci_high - r.delta == pytest.approx(1.959964 * math.sqrt(2) * 0.4)
-    seed = pairs[pairs.source == "seed README outreach"].iloc[0]
+    seed = pairs[pairs.source == "seed fork README (konami86)"].iloc[0]
     assert not seed.pooled and "best-of-141-on-val" in seed.not_pooled and "unknown" in seed.not_pooled
     assert pairs[pairs["eval"] != "single-scale"].not_pooled.str.startswith(("multi-scale", "PSPNet")).all()
     # a group with two res50 rows is not a pair: which one would it be?
@@ -63,13 +64,13 @@ def test_pooling_with_equal_variances_is_the_mean_and_widens_with_spread() -> No
 
 def test_the_verdict_quotes_the_logs_and_the_protocols() -> None:
     ev = gather_evidence(run_sd=0.3)
-    lines = verdict_sentences(ev, margin=0.5)
+    conclusion, *lines = verdict_sentences(ev, margin=0.5)
     assert "best-of-141-on-val" in lines[0] and "78.40 after iteration 59100" in lines[0] and "+0.08" in lines[0]
     assert (
         "77.75 after 60000" in lines[1] and "77.79 after 41000" in lines[1] and "0.73 and 0.69 points below" in lines[1]
     )
     assert f"±{1.959964 * math.sqrt(2) * 0.3:.2f} points (run-to-run sd 0.30 assumed)" in lines[1]
-    assert "res101 leads by about 0.6 points" in lines[-1] and "not shown" in lines[-1]
+    assert "res101 leads by about 0.6 points" in conclusion and "not shown" in conclusion
     assert ev.run_sd_source == "--run-sd"
     assert (ev.pairs.ci_high - ev.pairs.delta).to_numpy() == pytest.approx(1.959964 * math.sqrt(2) * 0.3)
     assert evidence_run_sd(ev.biases) == pytest.approx(math.sqrt(sum(b.noise.sigma**2 for b in ev.biases.values()) / 2))
@@ -101,6 +102,28 @@ def test_the_report_matches_a_direct_read_of_the_logs(report: Path) -> None:
         assert f"(figures/{name}.png)" in text
     published = text.split("## The published table")[1]
     assert published.count("| best-of-141-on-val |") == 1 and published.count("| unknown |") >= 3
+
+
+def test_the_report_opens_with_its_conclusion_and_tells_every_row_s_note(report: Path) -> None:
+    text = (report / "report.md").read_text()
+    head = text.split("\n## ")[0]
+    conclusion = verdict_sentences(gather_evidence(), margin=0.5)[0]
+    assert head.splitlines()[2] == f"**Conclusion.** {conclusion}"
+    header, _, *rows = text.split("## The published table")[1].split("\n\n")[1].splitlines()
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert "note" in columns and "source" in columns
+    table = pd.DataFrame([[c.strip() for c in r.strip("|").split("|")] for r in rows], columns=columns)
+    march = table[table.note.str.contains("March-2020 evaluator")]
+    assert len(march) == 1 and march.miou.iloc[0] == "70.54"  # the row that reads as a contradiction without it
+    names = table.groupby("url").source.unique()  # one name per source; the seed fork's documents by owner
+    seed, fork = (f"https://github.com/{repo}" for repo in SEED_REPOS)
+    assert list(names.pop(seed)) == ["seed README (CoinCheung)"]
+    assert sorted(names.pop(fork)) == [
+        "seed fork README (konami86)",
+        "seed fork log slurm-11311.out (konami86)",
+        "seed fork log slurm-11413.out (konami86)",
+    ]
+    assert names.map(len).eq(1).all() and "seed repository README" not in text and "outreach" not in text
 
 
 def test_the_html_page_is_self_contained_and_says_the_same(report: Path) -> None:

@@ -41,10 +41,10 @@ def test_package_data_reproduces_the_readme_table() -> None:
     # the seed's "unbelievable" 78.398 is the best of 141, and the published table says so
     best = fork_validations().query("log == 'slurm-11413.out'").miou.max()
     published = published_frame()
-    claim = published[(published.source == "seed README outreach") & (published.backbone == "resnet50")].iloc[0]
+    claim = published[(published.source == "seed fork README (konami86)") & (published.backbone == "resnet50")].iloc[0]
     assert claim.miou == pytest.approx(100 * best, abs=1e-3) and claim.selection == "best-of-141-on-val"
     for name in README:
-        row = published[published.source == f"seed fork log {name}"].iloc[0]
+        row = published[published.source == f"seed fork log {name} (konami86)"].iloc[0]
         assert row.miou == round(summary.loc[name].final, 2) and row.selection == "final"
 
 

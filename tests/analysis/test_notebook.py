@@ -44,7 +44,7 @@ def test_notebook_runs_against_a_sweep_store(
     outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
     images = [out for out in outputs if "image/png" in out.get("data", {})]
-    assert len(images) >= 5  # Δ curves, curves, final vs schedule, per-class Δ, cost
+    assert len(images) >= 6  # the looks, Δ curves, curves, final vs schedule, per-class Δ, cost
     text = "".join(str(out.get("data", {}).get("text/markdown", "")) for out in outputs)
     assert "fewer than 3 seeds per backbone" in text and "synthetic data" in text
     assert sorted(p.name for p in (tmp_path / "figures").glob("*.svg")) == [
@@ -52,6 +52,7 @@ def test_notebook_runs_against_a_sweep_store(
         "curves.svg",
         "delta_curves.svg",
         "final_vs_schedule.svg",
+        "looks.svg",
         "per_class_delta.svg",
     ]
     # the report on the same store says the same, line for line (the bootstrap is seeded)

@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING
 import pytest
 from mlflow.tracking import MlflowClient
 
+from analysis.cells import DELTA_DEFINITION, DELTA_METRIC
 from analysis.comparison import compare
 from analysis.frames import runs_frame
-from analysis.report import publish_to_mlflow, write_report
-from experiments.store import CellSummary, publish_report, record_run, report_parent
-from experiments.store.publish import DELTA, NOTE
-from experiments.store.views import EXPERIMENT_KIND, SHARED_VIEW, VIEW_KEY
+from analysis.landing import HEADLINE_MAX, publish_to_mlflow
+from analysis.report import write_report
+from experiments.store import publish_report, record_run, report_parent
+from experiments.store.publish import NOTE
+from experiments.store.views import EXPERIMENT_KIND, SHARED_VIEW, VIEW_KEY, VIEW_NAME
 
 if TYPE_CHECKING:
     from conftest import SweepStore
@@ -42,14 +44,28 @@ def test_parent_run_description_is_the_verdict(published: tuple[Path, str], swee
     out, parent = published
     client = MlflowClient(sweep_store.tracking_uri)
     note = client.get_run(parent).data.tags[NOTE]
-    cell_lines = [line for line in verdict_section(out).splitlines() if line.startswith("- at ")]
-    assert len(cell_lines) == len(sweep_store.grid["train.iterations"])
+    lines = verdict_section(out).splitlines()
+    cell_lines = [line for line in lines if line.startswith(("- at ", "- **The answer** at "))]
+    assert len(cell_lines) == 2 * len(sweep_store.grid["train.iterations"])  # the looks' answer and all seeds
     for line in cell_lines:
         assert line in note.splitlines()  # every compared cell, word for word
-    assert "**Synthetic data**" in note
+    assert "**Synthetic data**" in note and DELTA_DEFINITION in note
     assert f"[report/report.html](#/experiments/{experiment_id(sweep_store)}/runs/{parent}/artifacts/report/" in note
     headline = client.get_experiment_by_name(sweep_store.experiment).tags[NOTE]
-    assert note.startswith(f"**{headline}**") and "synthetic data" in headline
+    assert note.startswith(f"**{headline}**") and headline.startswith("synthetic: Δ = res101 − res50: ")
+
+
+def test_the_landing_page_gives_delta_its_interval_and_equivalence_on_one_line(
+    published: tuple[Path, str], sweep_store: SweepStore
+) -> None:
+    """MLflow 3.17 folds an experiment's description to its first line: the headline must fit there."""
+    headline = MlflowClient(sweep_store.tracking_uri).get_experiment_by_name(sweep_store.experiment).tags[NOTE]
+    runs = runs_frame(sweep_store.tracking_uri, sweep_store.experiment)
+    longest = runs[runs.iterations == max(sweep_store.grid["train.iterations"])].groupby("backbone").miou.mean()
+    delta = longest["resnet101"] - longest["resnet50"]
+    assert "\n" not in headline and len(headline) <= HEADLINE_MAX, headline
+    assert f": {delta:+.2f} mIoU (RCI " in headline  # the sequential design's repeated CI: the study's answer
+    assert headline.endswith("equivalence ±0.5 not shown; +1 cell"), headline
 
 
 def test_delta_metrics_per_schedule_equal_the_report(published: tuple[Path, str], sweep_store: SweepStore) -> None:
@@ -60,13 +76,16 @@ def test_delta_metrics_per_schedule_equal_the_report(published: tuple[Path, str]
     for iterations in sweep_store.grid["train.iterations"]:
         cell = runs[runs.iterations == iterations]
         means = cell.groupby("backbone").miou.mean()
-        delta = means["resnet50"] - means["resnet101"]  # points
-        key = f"{DELTA}/{iterations}_iters"
-        assert metrics[key] == round(delta, 2)  # as the report prints it
-        assert f"at {iterations} iterations res50 is {abs(delta):.2f} points" in verdict
+        delta = means["resnet101"] - means["resnet50"]  # points, res101's lead
+        key = f"{DELTA_METRIC}/{iterations}_iters"
+        assert DELTA_METRIC == "mIoU_res101_minus_res50" and metrics[key] == round(delta, 2)  # as the report prints
+        assert f"at {iterations} iterations: Δ = res101 − res50 = {delta:+.2f} points" in verdict
         assert metrics[f"{key}/ci90_low"] < metrics[key] < metrics[f"{key}/ci90_high"]
+        assert metrics[f"{key}/rci_low"] < metrics[key] < metrics[f"{key}/rci_high"]  # one look at 2 seeds
+        assert metrics[f"sequential/{iterations}_iters/look"] == 1
         for backbone in ("resnet50", "resnet101"):
             assert metrics[f"seeds/{iterations}_iters/{backbone}"] == (cell.backbone == backbone).sum()
+    assert not [k for k in metrics if "res50_minus" in k]
 
 
 def test_report_files_are_parent_run_artifacts(published: tuple[Path, str], sweep_store: SweepStore) -> None:
@@ -94,8 +113,12 @@ def test_children_carry_short_tags_and_no_tag_is_empty(published: tuple[Path, st
         assert not [k for k, v in run.data.tags.items() if not v.strip()], run.info.run_name
     assert all(v.strip() for v in experiment.tags.values())
     assert experiment.tags[EXPERIMENT_KIND] == "custom_model_development"  # the runs view, not GenAI traces
-    view = json.loads(experiment.tags[SHARED_VIEW + VIEW_KEY])
+    saved = json.loads(experiment.tags[SHARED_VIEW + VIEW_KEY])  # a saved view: listed in the UI's Views menu
+    assert saved["name"] == VIEW_NAME and isinstance(saved["createdAt"], int)
+    view = json.loads(saved["state"])
     assert view["selectedColumns"][:4] == ["metrics.`val/mIoU`", "tags.`backbone`", "tags.`iterations`", "tags.`seed`"]
+    keys = [(k["mode"], k["groupByData"]) for k in view["groupBy"]["groupByKeys"]]
+    assert keys == [("tag", "backbone"), ("tag", "iterations")] and view["groupBy"]["aggregateFunction"] == "average"
 
 
 def test_a_second_publication_replaces_the_first(published: tuple[Path, str], sweep_store: SweepStore) -> None:
@@ -103,16 +126,19 @@ def test_a_second_publication_replaces_the_first(published: tuple[Path, str], sw
     out, parent = published
     uri, client = sweep_store.tracking_uri, MlflowClient(sweep_store.tracking_uri)
     before = {f.path for f in client.list_artifacts(parent, "report")}
-    published_before = len(client.get_metric_history(parent, f"{DELTA}/4_iters"))  # other tests report too
-    cell = CellSummary("4_iters", 1.25, 0.5, 2.0, {"resnet50": 2, "resnet101": 2})
-    again = publish_report(uri, sweep_store.experiment, headline="second", verdict_lines=["- again"], cells=[cell],
-                           synthetic=False, out=out)  # fmt: skip
+    key = f"{DELTA_METRIC}/4_iters"
+    published_before = len(client.get_metric_history(parent, key))  # other tests report too
+    again = publish_report(uri, sweep_store.experiment, headline="second", description=lambda link: f"again {link}",
+                           metrics={key: 1.25}, out=out)  # fmt: skip
     assert again == parent
     run = client.get_run(parent)
-    assert run.data.metrics[f"{DELTA}/4_iters"] == 1.25
-    history = client.get_metric_history(parent, f"{DELTA}/4_iters")
+    assert run.data.metrics[key] == 1.25
+    history = client.get_metric_history(parent, key)
     assert len(history) == published_before + 1 and {m.step for m in history} == {0}
-    assert run.data.tags[NOTE].startswith("**second**") and "Synthetic" not in run.data.tags[NOTE]
+    assert (
+        run.data.tags[NOTE] == f"again #/experiments/{experiment_id(sweep_store)}/runs/{parent}/artifacts/report/"
+        "report.html?workflowType=machine_learning"
+    )
     assert {f.path for f in client.list_artifacts(parent, "report")} == before
     write_report(sweep_store.experiment, uri, out, n_boot=100)  # put the real verdict back for the other tests
 

@@ -213,3 +213,11 @@ def test_advance_follow_trains_look_after_look_on_the_local_executor_until_the_s
     assert tags[STATE_TAG] == "not equivalent" and look_tag(2) in tags
     assert [m.step for m in client.get_metric_history(pid, "study/delta")] == [2, 3]
     assert len(_children(loaded)) == 6 and {c.status for c in _children(loaded).values()} == {"FINISHED"}
+
+
+def test_advance_refuses_a_study_of_several_configurations_in_one_line(tmp_path: Path) -> None:
+    """`sweep` submits such a spec whole (the demo's two schedules); `advance` cannot step it look by look."""
+    spec = _spec(tmp_path)
+    spec.grid["train.iterations"] = [6, 8]
+    with pytest.raises(ExperimentsError, match=r"grid.train.iterations has 2 values, but `advance` steps one config"):
+        advance(spec, "debug")

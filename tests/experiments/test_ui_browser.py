@@ -24,8 +24,10 @@ import pytest
 import yaml
 from tiny import REPO, TINY
 
+from analysis.landing import HEADLINE_MAX
 from experiments.server import running_server
 from experiments.store import report_parent, run_page_url, runs_page_url
+from experiments.store.views import VIEW_NAME
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -184,6 +186,7 @@ def test_mlflow_ui_shows_the_verdict_and_the_runs_table(tmp_path: Path) -> None:
         run_report(server, tmp_path / "report")
         parent = report_parent(uri, SWEEP)[1]
         headline = client.get_experiment_by_name(SWEEP).tags["mlflow.note.content"]
+        assert headline.startswith("synthetic: Δ = res101 − res50: ") and len(headline) <= HEADLINE_MAX
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 900})
@@ -197,9 +200,14 @@ def test_mlflow_ui_shows_the_verdict_and_the_runs_table(tmp_path: Path) -> None:
             header = page.locator("[role=columnheader]")
             for column in (f"metrics.`{METRIC}`", "tags.`backbone`", "tags.`iterations`", "tags.`seed`"):
                 header.and_(page.locator(f'[col-id="{column}"]')).first.wait_for()
+            # the preset is a saved view: the Views menu names it; the landing line is not folded away
+            page.get_by_test_id("saved-views-trigger").get_by_text(VIEW_NAME).wait_for()
+            line = page.get_by_text(headline, exact=True).first
+            line.wait_for()
+            assert line.bounding_box()["height"] < 30, "the experiment's description wraps: MLflow folds it"
             shown = {}
-            for name, run in children.items():
-                row = page.locator(f'[role=row][row-id="{run.info.run_id}"]')
+            for name, run in children.items():  # grouped by backbone × schedule: a run's row id ends with its id
+                row = page.locator(f'[role=row][row-id$="{run.info.run_id}"]')
                 cell = row.locator(f'[role=gridcell][col-id="metrics.`{METRIC}`"]')
                 shown[name] = cell.inner_text().strip()
                 seed = row.locator('[role=gridcell][col-id="tags.`seed`"]').inner_text().strip()
@@ -226,6 +234,7 @@ def test_mlflow_ui_shows_the_verdict_and_the_runs_table(tmp_path: Path) -> None:
             page.goto((tmp_path / "report" / "report.html").as_uri())
             page.get_by_text("Verdict").first.wait_for()
             page.screenshot(path=str(shots / "report.png"))
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1100  # its tables fit the page
         finally:
             browser.close()
     print(f"screenshots of the MLflow UI and the report: {shots}")
