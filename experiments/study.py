@@ -163,14 +163,11 @@ def _look_json(look: Look) -> str:
 def record(uri: str, parent_id: str, parent_tags: dict[str, str], assessment: Assessment) -> list[Look]:
     """Write each look not yet on the parent run (a tag of its figures, and Δ and its repeated CI as metrics at
     step = seeds per backbone), and the study's state; returns the looks written now."""
-    from mlflow.entities import Metric
-
-    from experiments.store import log
+    from experiments.store import log, point
 
     new = [look for look in assessment.looks if look_tag(look.k) not in parent_tags]
-    now = int(time.time() * 1000)
     metrics = [
-        Metric(key, value, now, look.n)
+        point(key, value, look.n)
         for look in new
         for key, value in zip(LOOK_METRICS, (look.delta, look.rci_low, look.rci_high), strict=True)
     ]

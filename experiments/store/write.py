@@ -45,6 +45,11 @@ def batches(
         m, p, t = m[len(tm) :], p[len(tp) :], t[len(tt) :]
 
 
+def point(key: str, value: float, step: int) -> Metric:
+    """One metric point, stamped now."""
+    return Metric(key, float(value), int(time.time() * 1000), int(step))
+
+
 def log(uri: str, run_id: str, *, metrics: Sequence[Metric] = (), params: dict[str, Any] | None = None,
         tags: dict[str, Any] | None = None) -> None:  # fmt: skip
     """Log metrics, params and tags to a run in as few ``log_batch`` calls as MLflow allows."""
