@@ -28,6 +28,16 @@ img { max-width: 100%; }
 code { background: #f3f3f3; padding: 0 0.2rem; }
 """
 _NUMBER = re.compile(r"^[−+-]?\d[\d.,]*$")
+_MARKUP = re.compile(r"([\\`*_{}\[\]()#!])")  # raw HTML (<, >) is escaped by the renderer itself
+# the only links the report makes: in-page anchors and MLflow run pages (provenance.run_link)
+_OWN_LINK = re.compile(r"^(#[\w-]*|https?://[^\s\"'<>]+/#/experiments/\d+/runs/[0-9a-f]{32})$")
+
+
+def md_escape(text: object) -> str:
+    """Data (run names, tags, params, axis values) as literal markdown text: no link, image, emphasis or code."""
+    return _MARKUP.sub(r"\\\1", str(text)).replace("\n", " ")
+
+
 _IMAGE_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 
@@ -43,7 +53,7 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
         cells = [
             format(v, floatfmt)
             if isinstance(v, float) and not math.isnan(v)
-            else ("–" if isinstance(v, float) or v is None else str(v).replace("|", "/"))
+            else ("–" if isinstance(v, float) or v is None else md_escape(str(v).replace("|", "/")))
             for v in row
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -58,14 +68,34 @@ class _Inline(Treeprocessor):
         self.base = base
 
     def run(self, root: ET.Element) -> None:
-        for img in root.iter("img"):
-            path = self.base / img.get("src", "")
+        parents = {child: parent for parent in root.iter() for child in parent}
+        for img in list(root.iter("img")):
+            src = img.get("src", "")
+            path = (self.base / src).resolve()
             kind = _IMAGE_TYPES.get(path.suffix.lower())
-            if kind and path.is_file() and "://" not in img.get("src", ""):
+            if kind and "://" not in src and path.is_relative_to(self.base.resolve()) and path.is_file():
                 img.set("src", f"data:{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii"))
+            else:  # not one of the report's own figures: never a request to another file or host
+                _replace_with_text(img, parents, img.get("alt", ""))
+        for a in list(root.iter("a")):
+            if not _OWN_LINK.match(a.get("href", "")):
+                _replace_with_text(a, parents, "".join(a.itertext()))
         for td in root.iter("td"):
             if td.text and _NUMBER.match(td.text.strip()) and len(td) == 0:
                 td.set("class", "num")
+
+
+def _replace_with_text(element: ET.Element, parents: dict[ET.Element, ET.Element], text: str) -> None:
+    """Put ``text`` where ``element`` was (a link or image the report did not make itself)."""
+    parent = parents[element]
+    index = list(parent).index(element)
+    tail = text + (element.tail or "")
+    if index:
+        before = parent[index - 1]
+        before.tail = (before.tail or "") + tail
+    else:
+        parent.text = (parent.text or "") + tail
+    parent.remove(element)
 
 
 def markdown_to_html(text: str, base: Path) -> str:
