@@ -13,6 +13,7 @@ from analysis.cells import REPLICATE, StudyAxes, cell_label, iter_cells, missing
 from analysis.errors import AnalysisError
 from analysis.frames import curves_frame, per_image_confusions, runs_frame
 from analysis.gap import ScheduleFit, delta_curves, fit_sentence, schedule_fits
+from analysis.html import md_escape
 from analysis.looks import CellLooks, cell_looks, decision_sentence, run_costs, sequential_design, study_spec
 from analysis.sequential import SequentialDesign
 from analysis.stats import BootstrapResult, TostResult, bootstrap_miou_delta, tost_equivalence
@@ -162,11 +163,18 @@ def verdict_lines(c: Comparison) -> list[str]:
         lines.append(f"- Missing cells (no FINISHED run): {', '.join(missing)}.")
     if c.synthetic:
         lines.append("- **These runs use synthetic data**: the numbers test the pipeline, not the question.")
+    broken = c.runs_all[c.runs_all.get("miou_nonfinite", False) == True]  # noqa: E712 (a pandas mask)
+    if len(broken):
+        lines.append(
+            f"- {len(broken)} run(s) with a non-finite final {VAL_MIOU} are left out: "
+            + ", ".join(md_escape(r.run_name) for r in broken.itertuples())
+            + "."
+        )
     unfinished = c.runs_all[c.runs_all.status != "FINISHED"]
     if len(unfinished):
         lines.append(
             f"- {len(unfinished)} run(s) not FINISHED are left out: "
-            + ", ".join(f"{r.run_name} ({r.status})" for r in unfinished.itertuples())
+            + ", ".join(f"{md_escape(r.run_name)} ({r.status})" for r in unfinished.itertuples())
             + "."
         )
     return lines

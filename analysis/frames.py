@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
@@ -104,8 +105,10 @@ def runs_frame(tracking_uri: str, experiment: str) -> pd.DataFrame:
             **{col: _number(p.get(key)) for key, col in CONFIG_COLUMNS.items()},
             "crop_size": p.get("data.crop_size"),
             "synthetic": any(k.startswith("data.synthetic.") for k in p),
-            "miou": run.metrics.get(VAL_MIOU),
-            "miou_void_as_fp": run.metrics.get(VAL_MIOU_SEED),
+            # a non-finite value (a diverged or corrupted run) is no number to average: missing, and said so
+            "miou": _finite(run.metrics.get(VAL_MIOU)),
+            "miou_nonfinite": VAL_MIOU in run.metrics and _finite(run.metrics[VAL_MIOU]) is None,
+            "miou_void_as_fp": _finite(run.metrics.get(VAL_MIOU_SEED)),
             "params": _number(p.get("info.params")),
             "gflops": _number(p.get("info.gflops")),
             "wall_hours": hours,
@@ -132,7 +135,17 @@ def curves_frame(
 ) -> pd.DataFrame:
     """Long frame (run_id, step, metric, value) of metric histories (one query on database stores)."""
     frame = metric_histories(tracking_uri, run_ids, metrics)[["run_id", "step", "metric", "value"]]
-    return frame.drop_duplicates(["run_id", "metric", "step"], keep="last").sort_values(["run_id", "metric", "step"])
+    frame = frame.drop_duplicates(["run_id", "metric", "step"], keep="last")
+    frame = frame[frame.value.astype(float).abs() < STORED_INFINITY]  # NaN or ±inf: drawn or averaged nowhere
+    return frame.sort_values(["run_id", "metric", "step"])
+
+
+# MLflow's SQL stores keep ±inf as ±1.8e308 (the largest double): a value that large was infinite when logged
+STORED_INFINITY = 1e300
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) and abs(value) < STORED_INFINITY else None
 
 
 def per_class_frame(tracking_uri: str, run_ids: list[str]) -> pd.DataFrame:

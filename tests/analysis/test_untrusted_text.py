@@ -63,3 +63,26 @@ def test_axis_values_are_escaped_in_cell_labels() -> None:
     label = cell_label(axes, (40000, "[x](javascript:alert(1))"))
     page = _body(markdown_to_html(f"# T\n\n{label}\n", Path("/nonexistent")))
     assert "<a " not in page and "javascript:alert(1)" in page
+
+
+def test_a_non_finite_final_miou_is_missing_not_a_number(tmp_path: Path) -> None:
+    """A diverged or corrupted run's NaN/inf reaches no mean, figure or metric: runs_frame leaves it missing and
+    flags it, curves_frame drops the point."""
+    import math
+
+    from analysis.frames import curves_frame, runs_frame
+    from experiments.store import record_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ids = {}
+    for name, value in (("ok", 71.5), ("inf", math.inf), ("nan", math.nan)):
+        ids[name] = record_run(
+            uri, "nonfinite", key=name, run_name=name, tags={"config_hash": name, "backbone": "resnet50"},
+            params={"model.backbone": "resnet50", "train.iterations": "6", "train.seed": "0"},
+            metrics=[("val/mIoU", 60.0, 3), ("val/mIoU", value, 6)],
+        )  # fmt: skip
+    frame = runs_frame(uri, "nonfinite").set_index("run_name")
+    assert frame.loc["ok", "miou"] == 71.5 and not frame.loc["ok", "miou_nonfinite"]
+    assert frame.loc[["inf", "nan"], "miou"].isna().all() and frame.loc[["inf", "nan"], "miou_nonfinite"].all()
+    curves = curves_frame(uri, [r.run_id for r in ids.values()], ("val/mIoU",))
+    assert curves.value.map(math.isfinite).all() and len(curves) == 4  # two points of "ok", one of each other
