@@ -28,7 +28,9 @@ img { max-width: 100%; }
 code { background: #f3f3f3; padding: 0 0.2rem; }
 """
 _NUMBER = re.compile(r"^[−+-]?\d[\d.,]*$")
-_MARKUP = re.compile(r"([\\`*_{}\[\]()#!])")  # raw HTML (<, >) is escaped by the renderer itself
+# what could make a link, an image or code of data; raw HTML (<, >) is escaped by the renderer itself, emphasis is
+# harmless, and links or images the report did not make are dropped from report.html all the same (_Inline)
+_MARKUP = re.compile(r"([\\`\[\]])")
 # the only links the report makes: in-page anchors and MLflow run pages (provenance.run_link)
 _OWN_LINK = re.compile(r"^(#[\w-]*|https?://[^\s\"'<>]+/#/experiments/\d+/runs/[0-9a-f]{32})$")
 
