@@ -85,3 +85,40 @@ def missing_cells(runs_all: pd.DataFrame, runs: pd.DataFrame, axes: StudyAxes) -
     done = set(runs[["backbone", *axes.cell_columns]].itertuples(index=False, name=None))
     order = sorted(seen, key=lambda k: (k[0], str(k[1:])))  # schedule numerically, then the other axes
     return [f"{bb} @ {cell_label(axes, k)}" for k in order for bb in (axes.a, axes.b) if (bb, *k) not in done]
+
+
+def check_one_configuration(runs: pd.DataFrame, axes: StudyAxes) -> None:
+    """Runs pooled as the seeds of one backbone in one cell share their whole configuration but the seed (an override
+    edited between two sweeps, or two specs in one experiment, would otherwise pass for seed noise), and no seed
+    comes twice (a duplicate is not a second sample)."""
+    from deeplab.config import NON_IDENTITY, flatten, to_dict
+    from deeplab.errors import DeeplabError
+    from deeplab.params import config_from_params
+
+    if "config_params" not in runs:
+        return
+    for key, group in runs.groupby([*axes.cell_columns, "backbone"], dropna=False, sort=True):
+        where = f"{cell_label(axes, key[:-1])}, {key[-1]}"
+        twice = group[group.seed.duplicated(keep=False)]
+        if len(twice):
+            names = ", ".join(md_escape(n) for n in twice.run_name)
+            raise AnalysisError(
+                f"{where}: seed {int(twice.seed.iloc[0])} comes {len(twice)} times (runs {names}); a repeated seed "
+                "is not a second sample: delete all but one of them"
+            )
+        configs = {}
+        for run in group.itertuples():
+            try:  # defaults for keys a run predates, so that an older run does not differ by them
+                flat = flatten(to_dict(config_from_params(run.config_params)))
+            except DeeplabError:  # e.g. an imported log's few params: compare what was recorded
+                flat = {k: v for k, v in run.config_params.items() if not k.startswith("info.")}
+            configs[run.run_name] = {k: str(v) for k, v in flat.items() if k != REPLICATE and k not in NON_IDENTITY}
+        (first, reference), *others = configs.items()
+        for name, config in others:
+            differ = sorted(k for k in reference.keys() | config.keys() if reference.get(k) != config.get(k))
+            if differ:
+                raise AnalysisError(
+                    f"{where}: runs {md_escape(first)} and {md_escape(name)} differ in {', '.join(differ[:4])}"
+                    f"{' …' if len(differ) > 4 else ''} as well as the seed: they are not seeds of one configuration "
+                    "(make the key a grid axis, or report them as separate experiments)"
+                )

@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.cells import REPLICATE, StudyAxes, cell_label, iter_cells, missing_cells, study_axes
+from analysis.cells import (
+    REPLICATE,
+    StudyAxes,
+    cell_label,
+    check_one_configuration,
+    iter_cells,
+    missing_cells,
+    study_axes,
+)
 from analysis.errors import AnalysisError
 from analysis.frames import curves_frame, per_image_confusions, runs_frame
 from analysis.gap import ScheduleFit, delta_curves, fit_sentence, schedule_fits
@@ -112,6 +120,7 @@ def compare(
     if margin is None:
         margin = study.margin if study is not None and study.margin is not None else DEFAULT_MARGIN
     axes = study_axes(grid, runs_all)
+    check_one_configuration(runs, axes)
     curves = curves_frame(tracking_uri, list(runs.run_id), (VAL_MIOU, VAL_MIOU_SEED))
     cells = compare_cells(runs, tracking_uri, axes, margin, n_boot)
     deltas = delta_curves(runs, curves, axes)
