@@ -70,17 +70,21 @@ def _band_rows(width: int) -> int:
 
 def contrast_mean(image: torch.Tensor, brightness: float | None, scratch: dict | None = None) -> torch.Tensor:
     """The mean grey level ``TF.adjust_contrast`` blends toward, of the whole (brightness-adjusted) frame: the
-    same grey values in a [1, H, W] float32 tensor as torchvision's, hence the same mean."""
-    if brightness is not None:
-        out = scratch_buffer(scratch, "bright", tuple(image.shape), torch.uint8)
-        image = apply_lut(image, value_lut(brightness, None, None), out)
+    same grey values in a [1, H, W] float32 tensor as torchvision's, hence the same mean. Brightness is applied in
+    float32 here (torchvision's multiply and clamp, then the truncation its uint8 result makes): a band of rows
+    stays in cache from the uint8 pixels to its grey levels."""
     h, w = image.shape[-2:]
     grey = scratch_buffer(scratch, "grey", (1, h, w), torch.float32)
     step = _band_rows(w)
+    rows = scratch_buffer(scratch, "grey_rows", (3, step, w), torch.float32)
     for r0 in range(0, h, step):
-        r, g, b = image[:, r0 : r0 + step].unbind(dim=-3)
-        band = torch.mul(r, GREY[0], out=grey[0, r0 : r0 + step])
-        band.add_(g, alpha=GREY[1]).add_(b, alpha=GREY[2]).floor_()
+        band = rows[:, : min(step, h - r0)].copy_(image[:, r0 : r0 + step])
+        if brightness is not None:  # v·b ≥ 0, and ≤ 255 unless b > 1
+            band = band.mul_(float(brightness)).clamp_(max=255) if brightness > 1 else band.mul_(float(brightness))
+            band.floor_()
+        r, g, b = band.unbind(dim=-3)
+        level = torch.mul(r, GREY[0], out=grey[0, r0 : r0 + step])
+        level.add_(g, alpha=GREY[1]).add_(b, alpha=GREY[2]).floor_()
     return torch.mean(grey, dim=(-3, -2, -1), keepdim=True)
 
 

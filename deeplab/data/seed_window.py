@@ -123,4 +123,5 @@ def nearest_crop(
             cols = _nearest_index(wi, wo)[cols]
     if flip:
         cols = mask.shape[-1] - 1 - cols
-    return torch.from_numpy(mask.numpy().take(rows.numpy(), 0).take(cols.numpy(), 1))
+    c0, c1 = int(cols.min()), int(cols.max()) + 1  # the rows' span the columns need only
+    return torch.from_numpy(mask.numpy()[:, c0:c1].take(rows.numpy(), 0).take(cols.numpy() - c0, 1))
