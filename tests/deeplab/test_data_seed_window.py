@@ -13,11 +13,12 @@ import random
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from deeplab.config import DataConfig, load_config
 from deeplab.data.band_resize import pass_weights, resize_height, resize_width
-from deeplab.data.jitter import contrast_mean, jitter_float
+from deeplab.data.jitter import apply_lut, contrast_mean, jitter_float
 from deeplab.data.transforms import TrainTransform, _draw_jitter, _jitter, _normalize, seed_order_whole_frame
 
 REPO_SEED_PRESET = "configs/cityscapes_r50_seed.yaml"
@@ -117,3 +118,18 @@ def test_window_order_equals_torchvisions_operations() -> None:
             expected = _normalize(_jitter(crop, cfg.color_jitter, g), cfg.mean, cfg.std), crop_mask.long()
             got = transform(image, mask, torch.Generator().manual_seed(seed))
             assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), (preset, seed)
+
+
+def test_the_value_table_lands_in_the_output_even_when_pillow_copies_the_buffer(monkeypatch) -> None:
+    image, _ = _frame(40, 70, random.Random(2))
+    lut = torch.randperm(256, generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    expected = lut[image.long()]
+    assert torch.equal(apply_lut(image, lut), expected)
+    mapped_calls = []
+
+    def copying_frombuffer(mode, size, data, *args):  # a Pillow whose images never share the caller's memory
+        mapped_calls.append(mode)
+        return Image.frombytes(mode, size, bytes(memoryview(data)))
+
+    monkeypatch.setattr(Image, "frombuffer", copying_frombuffer)
+    assert torch.equal(apply_lut(image, lut, torch.zeros_like(image)), expected) and len(mapped_calls) == 2
