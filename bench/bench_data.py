@@ -5,7 +5,8 @@ The files are written by the project's synthetic generator at 1024×2048 in the 
 cached with ``deeplab.data.cache.build_cache`` (page-cached: just written). A sample is what a DataLoader worker
 does for the engine: ``load`` (PNG: decode the image and labelIds PNGs, map ids to train ids; cache: map the
 frame's files) and, unless "read only", ``TrainTransform`` of a preset (or ``seed_order_whole_frame``, the seed
-order as the code computed it before the window) with a per-sample generator. Workers run torch with one
+order as the code computed it before the window, then normalized as ``TrainTransform`` does: the same samples, bit
+for bit, which the benchmark checks on one) with a per-sample generator. Workers run torch with one
 thread, so the benchmark does too, and times CPU seconds (``time.process_time``: what a core spends, whatever
 else the machine runs). The variants alternate sample by sample (ABBA); figures are medians.
 Goals: (PNG + clean augment) / PNG decode <= 1.5x; the seed order from the cache >= 10x the samples/s per core
@@ -28,6 +29,7 @@ import json
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,7 +38,7 @@ from deeplab.config import DataConfig, load_config
 from deeplab.data.cache import CachedSplit, build_cache
 from deeplab.data.cityscapes import CityscapesSegmentation
 from deeplab.data.synth import synthesize
-from deeplab.data.transforms import TrainTransform, seed_order_whole_frame
+from deeplab.data.transforms import TrainTransform, _normalize, seed_order_whole_frame
 
 REPO = Path(__file__).resolve().parents[1]
 CLEAN, MMSEG, SEED = (f"configs/cityscapes_r50_{n}.yaml" for n in ("clean", "512x1024", "seed"))
@@ -49,6 +51,7 @@ VARIANTS = {
     "png + seed window": ("png", SEED, False),
     "cache read": ("cache", None, False),
     "cache + clean window": ("cache", CLEAN, False),
+    "cache + mmseg window": ("cache", MMSEG, False),
     "cache + seed whole-frame": ("cache", SEED, True),
     "cache + seed window": ("cache", SEED, False),
 }
@@ -74,8 +77,22 @@ def _runner(preset: str | None, whole: bool):
         return None
     cfg: DataConfig = load_config(REPO / preset).data
     if whole:
-        return lambda image, mask, g: seed_order_whole_frame(cfg, image, mask, g)
+        return partial(_whole_frame, cfg)
     return TrainTransform(cfg)
+
+
+def _whole_frame(cfg: DataConfig, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator):
+    """Today's seed order: the whole frame, then ``TrainTransform``'s normalization (the same samples)."""
+    image, mask = seed_order_whole_frame(cfg, image, mask, g)
+    return _normalize(image, cfg.mean, cfg.std), mask.long()
+
+
+def same_samples(sources: dict) -> bool:
+    """The seed order from the cache on the window gives today's sample (PNG, whole frame), bit for bit."""
+    paths = (VARIANTS[TODAY], VARIANTS[GOAL_PATH])
+    runs = [(sources[source], _runner(preset, whole)) for source, preset, whole in paths]
+    (a, a_mask), (b, b_mask) = (run(*ds.load(0), torch.Generator().manual_seed(0)) for ds, run in runs)
+    return torch.equal(a, b) and torch.equal(a_mask, b_mask)
 
 
 def measure(sources: dict, rounds: int) -> dict[str, list[float]]:
@@ -128,6 +145,8 @@ def main() -> None:
         sources = datasets(args.data, Path(tmp), images)
         mb = statistics.mean(p.stat().st_size for p in sources["png"].images) / 1e6
         print(f"{images} synthetic 2048x1024 frames ({mb:.1f} MB PNG each), {rounds} rounds, 1 thread, CPU medians")
+        same = "yes" if same_samples(sources) else "NO"
+        print(f"{GOAL_PATH} gives {TODAY}'s sample bit for bit: {same}")
         times = measure(sources, rounds)
     step_s, source = step_time(args)
     demand = 4 / step_s  # images per GPU per second at the seed's 4 per GPU

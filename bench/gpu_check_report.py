@@ -178,16 +178,18 @@ def _eval_and_data(report: dict) -> list[str]:
         h, w = sizes["data_hw"]
         lines += [
             "",
-            f"## Data: {w}x{h} synthetic PNGs through the engine's loader (decode + seed augmentation)",
+            f"## Data: {w}x{h} synthetic frames through the engine's loader (seed augmentation), PNG and cached",
             "",
-            "| workers | images/s |",
-            "|---|---|",
+            "| workers | PNG images/s | decoded cache images/s |",
+            "|---|---|---|",
         ]
-        lines += [f"| {n} | {r:.1f} |" for n, r in data["images_per_s"].items()]
+        cached = data.get("cache_images_per_s", {})
+        lines += [f"| {n} | {r:.1f} | {_f(cached.get(n), 4)} |" for n, r in data["images_per_s"].items()]
         for backbone, d in data.get("demand", {}).items():
             lines.append(
                 f"\n{backbone}: the fastest eager step consumes {d['images_per_s']:.1f} images/s per GPU; "
-                f"num_workers per GPU with 25% headroom: {d['num_workers'] or 'more than tested'}"
+                f"num_workers per GPU with 25% headroom: {d['num_workers'] or 'more than tested'} from PNGs, "
+                f"{d.get('cache_num_workers') or 'more than tested'} from the cache"
             )
     return lines
 

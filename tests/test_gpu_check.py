@@ -72,11 +72,13 @@ def test_cpu_smoke_runs_every_section_and_writes_the_table(tmp_path: Path) -> No
     assert "agree_overhead" in results["speed-resnet50"]
     per_image = results["eval"]["per_image"]
     assert len(per_image) == 4 and all(r["multi_flip_s"] > 0 and "multi_flip_mem_gib" in r for r in per_image.values())
-    assert set(results["data"]["images_per_s"]) == {"1", "2"}
+    assert set(results["data"]["images_per_s"]) == set(results["data"]["cache_images_per_s"]) == {"1", "2"}
     assert set(results["data"]["demand"]) == {"resnet50", "resnet101"}
+    assert all("cache_num_workers" in d for d in results["data"]["demand"].values())
     table = (tmp_path / "gpu_check.md").read_text()
     assert "## Train step per GPU" in table and "| resnet101 | bf16+channels_last |" in table
     assert "## Two processes: gloo on cpu, cpu" in table and "stopped at 2, resumed to 4" in table
+    assert "| workers | PNG images/s | decoded cache images/s |" in table and "from the cache" in table
     assert not list(tmp_path.glob("*partial*"))
 
 

@@ -1,19 +1,22 @@
 """CPU cost of a training sample by data path, and the CPU cores per GPU a run therefore needs.
 
 Figures: CPU seconds per sample on one core (torch at 1 thread, as in a DataLoader worker), full-size 2048×1024
-synthetic frames, 768² crops: ``python bench/bench_data.py`` of 2026-12-03 (bench/README.md). The seed order is
-computed on the crop window (``TrainTransform``); on the whole frame it cost 0.200 s from PNG, 0.119 s cached.
+synthetic frames, 768² crops: ``python bench/bench_data.py --data D`` of 2026-12-03, load 2 on a shared 2-core
+machine (bench/README.md). The seed order is computed on the crop window (``TrainTransform``); on the whole frame
+it cost 0.171 s from PNG, 0.087 s cached.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from deeplab.config import DataConfig
 
 SAMPLE_CPU_S = {  # (source, augment_order) → CPU seconds per sample
-    ("png", "seed"): 0.126,
-    ("png", "window"): 0.102,
-    ("cache", "seed"): 0.039,
-    ("cache", "window"): 0.022,
+    ("png", "seed"): 0.099,
+    ("png", "window"): 0.088,
+    ("cache", "seed"): 0.022,
+    ("cache", "window"): 0.015,
 }
 FORK_V100_S_PER_IT = 0.82  # the seed fork: res50, 4 × 768² per GPU, 2 V100, fp32
 
@@ -33,9 +36,17 @@ def cores_per_gpu(data: DataConfig, s_per_it: float) -> float:
 
 
 def describe(data: DataConfig, s_per_it: float, where: str) -> str:
-    """One line: the data path, its CPU cost per sample and the cores per GPU at ``s_per_it`` (``where`` says whose)."""
+    """One line: the data path, its CPU cost per sample and the cores per GPU at ``s_per_it`` (``where`` says whose);
+    from PNGs, what the decoded cache would need instead."""
     path = f"{'the decoded cache' if data.cache else 'PNG decode'} + {data.augment_order} order"
-    return (
+    line = (
         f"data: {path}, {1000 * sample_cpu_s(data):.0f} CPU-ms per sample → {cores_per_gpu(data, s_per_it):.1f} "
         f"CPU cores per GPU at {s_per_it:.3g} s/iteration ({where}; bench/bench_data.py)"
     )
+    if not data.cache:
+        cached = replace(data, cache="cache")
+        line += (
+            f"; from the decoded cache (`deeplab data cache`) {1000 * sample_cpu_s(cached):.0f} CPU-ms, "
+            f"{cores_per_gpu(cached, s_per_it):.1f} cores"
+        )
+    return line

@@ -14,15 +14,8 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from deeplab.config import DataConfig
-from deeplab.data.seed_window import (
-    apply_lut,
-    contrast_mean,
-    input_window,
-    nearest_crop,
-    resize_crop_window,
-    seed_stages,
-    value_lut,
-)
+from deeplab.data.jitter import contrast_mean, jitter_float, scratch_buffer
+from deeplab.data.seed_window import input_window, nearest_crop, resize_crop_window, seed_stages
 from deeplab.labels import IGNORE_INDEX
 
 
@@ -36,6 +29,12 @@ def _randint(g: torch.Generator | None, high: int) -> int:
 
 def _normalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     return TF.normalize(image.float().div_(255), list(mean), list(std))
+
+
+def _normalize_float(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``_normalize`` of a float image with uint8 values, into a new tensor (the image may be a scratch buffer)."""
+    image = torch.div(image, 255, out=torch.empty(image.shape))
+    return TF.normalize(image, list(mean), list(std), inplace=True)
 
 
 def _jitter(image: torch.Tensor, jitter: tuple[float, float, float], g: torch.Generator | None) -> torch.Tensor:
@@ -52,17 +51,6 @@ def _jitter(image: torch.Tensor, jitter: tuple[float, float, float], g: torch.Ge
 def _draw_jitter(jitter: tuple[float, float, float], g: torch.Generator | None) -> tuple[float | None, ...]:
     """The brightness, contrast and saturation factors ``_jitter`` draws, in its order (None: that one is off)."""
     return tuple(_uniform(g, 1 - j, 1 + j) if j > 0 else None for j in jitter)
-
-
-def _jitter_by_table(image: torch.Tensor, factors: tuple[float | None, ...], mean: torch.Tensor | None) -> torch.Tensor:
-    """``_jitter``'s result for drawn ``factors``: brightness and contrast (toward ``mean``, the grey mean of the
-    image it would see) as one 256-entry table, then saturation; the same bits, several times faster."""
-    bright, contrast, saturation = factors
-    if bright is not None or contrast is not None:
-        image = apply_lut(image, value_lut(bright, contrast, mean))
-    if saturation is not None:
-        image = TF.adjust_saturation(image, saturation)
-    return image
 
 
 def _resize_pair(image: torch.Tensor, mask: torch.Tensor, size: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +119,7 @@ class TrainTransform:
         return image[:, top : top + ch, left : left + cw], mask[top : top + ch, left : left + cw]
 
     def _seed_order(self, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator | None):
-        """``seed_order_whole_frame``'s result, computed on the input window the crop depends on
+        """``seed_order_whole_frame``'s result (normalized), computed on the input window the crop depends on
         (deeplab/data/seed_window.py says why it is the same, bit for bit)."""
         cfg = self.cfg
         crop = (ch, cw) = cfg.crop_size
@@ -147,24 +135,25 @@ class TrainTransform:
         (r0, r1), (c0, c1) = input_window(stages, top, left, crop)
         mean = contrast_mean(image, bright, self.scratch) if contrast is not None else None
         window = image[:, r0:r1, w - c1 : w - c0].flip(-1) if flip else image[:, r0:r1, c0:c1]
-        window = _jitter_by_table(window, factors, mean)
-        image = resize_crop_window(window.contiguous(), stages, top, left, crop)
-        return image, nearest_crop(mask, stages, top, left, crop, flip)
+        floats = scratch_buffer(self.scratch, "window", (3, r1 - r0, c1 - c0), torch.float32)
+        floats = jitter_float(window, factors, mean, floats, self.scratch)
+        floats = resize_crop_window(floats, stages, top, left, crop, self.scratch)
+        return _normalize_float(floats, cfg.mean, cfg.std), nearest_crop(mask, stages, top, left, crop, flip).long()
 
     def __call__(
         self, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         if cfg.augment_order == "seed":
-            image, mask = self._seed_order(image, mask, g)
-            return _normalize(image, cfg.mean, cfg.std), mask.long()
+            return self._seed_order(image, mask, g)
         image, mask = self._scale_crop(image, mask, g)
         if float(torch.rand((), generator=g)) < cfg.hflip:
             image, mask = image.flip(-1), mask.flip(-1)
         factors = _draw_jitter(cfg.color_jitter, g)
         mean = contrast_mean(image, factors[0], self.scratch) if factors[1] is not None else None
-        image = _jitter_by_table(image, factors, mean)
-        return _normalize(image, cfg.mean, cfg.std), mask.long()
+        floats = scratch_buffer(self.scratch, "window", tuple(image.shape), torch.float32)
+        floats = jitter_float(image, factors, mean, floats, self.scratch)
+        return _normalize_float(floats, cfg.mean, cfg.std), mask.long()
 
 
 class EvalTransform:

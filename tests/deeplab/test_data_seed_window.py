@@ -1,8 +1,9 @@
-"""The seed order on the crop window only equals the whole-frame pipeline, bit for bit.
+"""The seed order on the crop window only equals the whole-frame pipeline, bit for bit; so do its parts, and the
+window order equals torchvision's operations.
 
-Tolerance: none. Every step is integer-exact or the same float32 operation on the same value: the uint8 resize
-is torch's own kernel (integer weights fixed by the sizes), nearest is a gather with torch's own indices, the
-jitter is elementwise, and contrast's mean is computed on the whole frame by the same operations.
+Tolerance: none. Every step is integer-exact or the same float32 operation on the same value: the uint8 resize is
+torch's integer arithmetic (its weights recomputed, each sum exact), nearest is a gather with torch's own indices,
+the jitter is elementwise, and contrast's mean is computed on the whole frame by the same operations.
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ import random
 
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torchvision.transforms import InterpolationMode
 
 from deeplab.config import DataConfig, load_config
-from deeplab.data.seed_window import contrast_mean
-from deeplab.data.transforms import TrainTransform, _draw_jitter, _jitter, _jitter_by_table, seed_order_whole_frame
+from deeplab.data.band_resize import pass_weights, resize_height, resize_width
+from deeplab.data.jitter import apply_lut, contrast_mean, jitter_float
+from deeplab.data.transforms import TrainTransform, _draw_jitter, _jitter, _normalize, seed_order_whole_frame
 
 REPO_SEED_PRESET = "configs/cityscapes_r50_seed.yaml"
 
@@ -30,8 +35,9 @@ def _frame(h: int, w: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tens
 
 
 def _assert_same(cfg: DataConfig, image: torch.Tensor, mask: torch.Tensor, seed: int) -> None:
-    whole = seed_order_whole_frame(cfg, image, mask, torch.Generator().manual_seed(seed))
-    window = TrainTransform(cfg)._seed_order(image, mask, torch.Generator().manual_seed(seed))
+    whole_image, whole_mask = seed_order_whole_frame(cfg, image, mask, torch.Generator().manual_seed(seed))
+    whole = _normalize(whole_image, cfg.mean, cfg.std), whole_mask.long()
+    window = TrainTransform(cfg)(image, mask, torch.Generator().manual_seed(seed))
     where = f"frame {tuple(image.shape)}, crop {cfg.crop_size}, scales {cfg.scales}, jitter {cfg.color_jitter}"
     assert torch.equal(whole[0], window[0]), f"image differs: {where}, seed {seed}"
     assert torch.equal(whole[1], window[1]), f"mask differs: {where}, seed {seed}"
@@ -63,13 +69,67 @@ def test_window_equals_whole_frame_at_cityscapes_size_for_every_preset_scale() -
         _assert_same(cfg, image, mask, seed=i)
 
 
-def test_jitter_by_table_equals_torchvisions_jitter() -> None:
-    # the window order's jitter of the crop: brightness and contrast as one value table, the mean as torchvision's
+def test_jitter_float_equal_torchvisions_jitter() -> None:
+    # brightness and contrast as one value table, the mean as torchvision's, saturation in float32
     rng = random.Random(11)
     for seed in range(40):
-        image, _ = _frame(rng.randint(16, 160), rng.randint(16, 300), rng)
+        image, _ = _frame(rng.randint(1, 160), rng.randint(1, 300), rng)
         jitter = tuple(rng.choice([0.0, 0.3, 0.5, 0.9]) for _ in range(3))
         expected = _jitter(image, jitter, torch.Generator().manual_seed(seed))
         factors = _draw_jitter(jitter, torch.Generator().manual_seed(seed))
         mean = contrast_mean(image, factors[0]) if factors[1] is not None else None
-        assert torch.equal(_jitter_by_table(image, factors, mean), expected), (tuple(image.shape), jitter, seed)
+        assert torch.equal(jitter_float(image, factors, mean), expected.float()), (tuple(image.shape), jitter, seed)
+
+
+def test_band_passes_equal_torchs_resize_on_random_sizes_and_windows() -> None:
+    rng = random.Random(5)
+    for _ in range(120):
+        n_in, n_out = rng.randint(1, 2500), rng.randint(1, 4500)
+        if n_in == n_out:
+            continue
+        image = torch.randint(0, 256, (3, 2, n_in), dtype=torch.uint8, generator=torch.Generator().manual_seed(n_in))
+        if rng.random() < 0.2:
+            image.fill_(255)  # sums of weights above 2^p round to 256: clamped
+        o0 = rng.randrange(n_out)
+        o1 = rng.randint(o0 + 1, n_out)
+        first, last = rng.randint(0, n_in // 3), rng.randint(2 * n_in // 3, n_in)
+        needed = pass_weights(n_in, n_out)
+        lo, hi = int(needed[0][o0:o1].min()), int((needed[0] + needed[1])[o0:o1].max())
+        first, last = min(first, lo), max(last, hi)  # a window holding every input the kept outputs read
+        window = image[..., first:last].float().contiguous()
+        expected = TF.resize(image, [2, n_out], InterpolationMode.BILINEAR, antialias=True)
+        assert torch.equal(resize_width(window, n_in, n_out, first, (o0, o1)), expected[..., o0:o1].float())
+        window, expected = window.transpose(1, 2).contiguous(), expected.transpose(1, 2)  # rows and columns swapped
+        assert torch.equal(resize_height(window, n_in, n_out, first, (o0, o1)), expected[:, o0:o1].float())
+
+
+def test_window_order_equals_torchvisions_operations() -> None:
+    rng = random.Random(3)
+    for preset in ("clean", "512x1024", "seed"):
+        data = load_config(f"configs/cityscapes_r50_{preset}.yaml").data
+        cfg = DataConfig(**{**data.__dict__, "augment_order": "window", "crop_size": (48, 64)})
+        transform = TrainTransform(cfg)
+        for seed in range(6):
+            image, mask = _frame(rng.randint(40, 120), rng.randint(60, 200), rng)
+            g = torch.Generator().manual_seed(seed)
+            crop, crop_mask = transform._scale_crop(image, mask, g)
+            if float(torch.rand((), generator=g)) < cfg.hflip:
+                crop, crop_mask = crop.flip(-1), crop_mask.flip(-1)
+            expected = _normalize(_jitter(crop, cfg.color_jitter, g), cfg.mean, cfg.std), crop_mask.long()
+            got = transform(image, mask, torch.Generator().manual_seed(seed))
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), (preset, seed)
+
+
+def test_the_value_table_lands_in_the_output_even_when_pillow_copies_the_buffer(monkeypatch) -> None:
+    image, _ = _frame(40, 70, random.Random(2))
+    lut = torch.randperm(256, generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    expected = lut[image.long()]
+    assert torch.equal(apply_lut(image, lut), expected)
+    mapped_calls = []
+
+    def copying_frombuffer(mode, size, data, *args):  # a Pillow whose images never share the caller's memory
+        mapped_calls.append(mode)
+        return Image.frombytes(mode, size, bytes(memoryview(data)))
+
+    monkeypatch.setattr(Image, "frombuffer", copying_frombuffer)
+    assert torch.equal(apply_lut(image, lut, torch.zeros_like(image)), expected) and len(mapped_calls) == 2
