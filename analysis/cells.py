@@ -66,8 +66,7 @@ def study_axes(grid: dict[str, list], runs: pd.DataFrame) -> StudyAxes:
 def cell_label(axes: StudyAxes, key: tuple) -> str:
     """'4 iterations' or '4 iterations, model.weights=none': how a cell is named in the verdict and figures."""
     text = f"{int(key[0])} iterations"
-    extra = (f"{md_escape(k)}={md_escape(v)}" for k, v in zip(axes.cell_keys[1:], key[1:], strict=True))
-    return ", ".join([text, *extra])  # axis values are data: never markup in the report or the parent run
+    return ", ".join([text, *(f"{k}={v}" for k, v in zip(axes.cell_keys[1:], key[1:], strict=True))])
 
 
 def iter_cells(runs: pd.DataFrame, axes: StudyAxes) -> Iterator[tuple[tuple, pd.DataFrame, pd.DataFrame]]:

@@ -139,7 +139,7 @@ def verdict_line(c: CellComparison, axes: StudyAxes, synthetic: bool, sequential
     """One sentence per cell, saying no more than the data support: Δ with its interval over seeds (the answer to
     "would other seeds give the same gap?"); the bootstrap over images (evaluation noise only) stays out."""
     t = c.tost
-    text = f"at {c.label}: Δ = {axes.delta_name} = {t.delta:+.2f} points, {axes.ahead(t.delta)}"
+    text = f"at {md_escape(c.label)}: Δ = {axes.delta_name} = {t.delta:+.2f} points, {axes.ahead(t.delta)}"
     if not math.isnan(t.ci90_low):
         text += f" (90% CI {t.ci90_low:+.2f}…{t.ci90_high:+.2f} over seeds"
     else:

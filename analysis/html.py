@@ -35,6 +35,10 @@ _MARKUP = re.compile(r"([\\`\[\]])")
 _OWN_LINK = re.compile(r"^(#[\w-]*|https?://[^\s\"'<>]+/#/experiments/\d+/runs/[0-9a-f]{32})$")
 
 
+def _cell(text: str, markup: bool) -> str:
+    return text if markup else md_escape(text)
+
+
 def md_escape(text: object) -> str:
     """Data (run names, tags, params, axis values) as literal markdown text: no link, image, emphasis or code."""
     return _MARKUP.sub(r"\\\1", str(text)).replace("\n", " ")
@@ -43,8 +47,9 @@ def md_escape(text: object) -> str:
 _IMAGE_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 
-def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
-    """A pipe table; integer-like columns without decimals, missing values as an en dash."""
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f", markup: tuple[str, ...] = ()) -> str:
+    """A pipe table; integer-like columns without decimals, missing values as an en dash. Cells are data, escaped
+    (``md_escape``), except in the ``markup`` columns, which hold the report's own markdown (e.g. run links)."""
     frame = frame.copy()
     for col in ("iterations", "seed", "n", "output_stride"):
         if col in frame:
@@ -55,8 +60,8 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
         cells = [
             format(v, floatfmt)
             if isinstance(v, float) and not math.isnan(v)
-            else ("–" if isinstance(v, float) or v is None else md_escape(str(v).replace("|", "/")))
-            for v in row
+            else ("–" if isinstance(v, float) or v is None else _cell(str(v).replace("|", "/"), col in markup))
+            for col, v in zip(cols, row, strict=True)
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from scipy import stats as sps
 
 from analysis.cells import StudyAxes, cell_label, iter_cells
 from analysis.frames import LOGGED_DEVICE_HOURS
+from analysis.html import md_escape
 from analysis.sequential import Look, SequentialDesign, analyse
 from experiments.errors import ExperimentsError
 from experiments.spec import SweepSpec, expand_grid, load_spec
@@ -193,7 +194,7 @@ def decision_sentence(cell: CellLooks, axes: StudyAxes) -> str:
     c = cell.cost
     unused = f" (and {hours_text(cell.unused)} on finished runs the looks did not need)" if cell.unused > 0 else ""
     return (
-        f"at {cell.label}, the planned sequential design: {state_text(cell, axes)}; the looks used "
+        f"at {md_escape(cell.label)}, the planned sequential design: {state_text(cell, axes)}; the looks used "
         f"{hours_text(cell.spent)} {c.unit}{unused}, where the fixed design's {cell.design.looks[-1]} seeds per "
         f"backbone take {hours_text(cell.fixed)} ({c.unit} per run: {c.source})."
     )

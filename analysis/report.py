@@ -171,5 +171,5 @@ def _render(c: Comparison, published: pd.DataFrame, captions: list[tuple[str, st
     table = c.runs_all[[*dict.fromkeys(columns), "config_hash"]].assign(
         run=[run_link(c.tracking_uri, r.experiment_id, r.run_id) for r in c.runs_all.itertuples()]
     )
-    lines += ["## Runs (mIoU in points)", "", _table(table), ""]
+    lines += ["## Runs (mIoU in points)", "", _table(table, markup=("run",)), ""]
     return "\n".join(lines)

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from deeplab.errors import DeeplabError
+from deeplab.lease import check_run_dir
 from deeplab.tracking import COST_ATTEMPTS, COST_DEVICE_HOURS, COST_WALL_HOURS
 
 USAGE_NAME = "usage.json"
@@ -56,6 +58,10 @@ class Usage:
     def save(self) -> dict[str, float]:
         """Write the sums (temp file + rename) and return them as the run's cost metrics."""
         totals = self.totals()
+        try:
+            check_run_dir(self.path.parent)
+        except DeeplabError:  # moved or replaced while we trained: nothing goes into what sits there now
+            return metrics(totals)
         tmp = self.path.with_name(f".{USAGE_NAME}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(totals))
         tmp.replace(self.path)

@@ -57,11 +57,12 @@ def test_links_and_images_the_report_did_not_make_are_dropped_to_their_text(tmp_
     assert "x y z w" in body
 
 
-def test_axis_values_are_escaped_in_cell_labels() -> None:
+def test_axis_values_in_a_table_or_a_verdict_are_text() -> None:
     axes = StudyAxes("resnet101", "resnet50", ("train.iterations", "model.weights"))
     label = cell_label(axes, (40000, "[x](javascript:alert(1))"))
-    page = _body(markdown_to_html(f"# T\n\n{label}\n", Path("/nonexistent")))
-    assert "<a " not in page and "javascript:alert(1)" in page
+    table = markdown_table(pd.DataFrame({"cell": [label]}))
+    page = _body(markdown_to_html(f"# T\n\n{table}\n\nat {md_escape(label)}: Δ\n", Path("/nonexistent")))
+    assert "<a " not in page and page.count("javascript:alert(1)") == 2
 
 
 def test_a_non_finite_final_miou_is_missing_not_a_number(tmp_path: Path) -> None:
