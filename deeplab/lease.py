@@ -166,6 +166,8 @@ class Lease:
         self, path: Path, fd: int, holder: Holder, on_release: Callable[[], None] | None = None, dir_fd: int = -1
     ) -> None:
         self.path, self._fd, self.holder, self._on_release, self._dir_fd = path, fd, holder, on_release, dir_fd
+        held = os.fstat(dir_fd) if dir_fd >= 0 else None
+        self.directory = (held.st_dev, held.st_ino) if held else None  # the leased directory's identity
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, name=f"lease {path}", daemon=True)
@@ -186,8 +188,7 @@ class Lease:
             here = os.stat(self.path.parent)
         except FileNotFoundError:
             return f"{self.path.parent} was moved or removed while this process held it"
-        held = os.fstat(self._dir_fd)
-        if (here.st_dev, here.st_ino) != (held.st_dev, held.st_ino):
+        if (here.st_dev, here.st_ino) != self.directory:
             return f"{self.path.parent} was replaced by another directory while this process held it"
         return None
 
@@ -334,11 +335,10 @@ def hold_run_dir(run_dir: Path) -> Lease:
     def tidy() -> None:
         with contextlib.suppress(OSError):  # only the directory leased, never one that took its place since
             here = os.stat(run_dir)
-            if created and (here.st_dev, here.st_ino) == leased and not any(run_dir.iterdir()):
+            if created and (here.st_dev, here.st_ino) == lease.directory and not any(run_dir.iterdir()):
                 run_dir.rmdir()
 
     lease = acquire(run_dir / LEASE_NAME, "run dir")
-    leased = (os.fstat(lease._dir_fd).st_dev, os.fstat(lease._dir_fd).st_ino) if lease._dir_fd >= 0 else None
     lease._on_release = tidy
     return lease
 

@@ -47,17 +47,18 @@ class JobRecord:
         return f"{self.kind} job {self.job_id}" + (f" on {self.host}" if self.kind == "local" else "")
 
 
-def write_job(run_dir: Path, record: JobRecord) -> None:
-    """Replace the run's job record in one step (a reader sees the old record or the new one)."""
-    tmp = run_dir / f".{JOB_ID_FILE}.tmp-{os.getpid()}"
+def write_job(run_dir: Path, record: JobRecord, name: str = JOB_ID_FILE) -> None:
+    """Replace the run's job record (or the folder's record ``name``) in one step (a reader sees the old record or
+    the new one)."""
+    tmp = run_dir / f".{name}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(asdict(record)) + "\n")
-    os.replace(tmp, run_dir / JOB_ID_FILE)
+    os.replace(tmp, run_dir / name)
 
 
-def read_job(run_dir: Path) -> JobRecord | None:
+def read_job(run_dir: Path, name: str = JOB_ID_FILE) -> JobRecord | None:
     """The run's job record (also the older one-line ``KIND JOB_ID`` form), else None."""
     try:
-        text = (run_dir / JOB_ID_FILE).read_text().strip()
+        text = (run_dir / name).read_text().strip()
     except OSError:
         return None
     try:

@@ -86,7 +86,7 @@ def _study_runs(
     spec: SweepSpec, uri: str, parent: str | None, children: dict[str, ChildRun]
 ) -> tuple[list[RunSpec], list[str]]:
     """A sequential study's runs up to its current look, or as far as runs exist; and where it stands."""
-    from experiments.study import advance_job, assess, design_of, study_seeds, with_seeds
+    from experiments.study import advance_job, assess, study_cap, study_seeds, with_seeds
 
     study = assess(spec, children, run_tags(uri, parent) if parent else {})
     notes = [study.line()]
@@ -94,7 +94,7 @@ def _study_runs(
     if queued is not None and study.state == "continue":
         state = _slurm_states([queued.job_id]).get(queued.job_id) or "gone"
         notes.append(f"advance job {queued.job_id} ({state}): runs `experiments advance` when the look's jobs end")
-    seeds = [str(s) for s in study_seeds(spec, design_of(spec).cap)]
+    seeds = [str(s) for s in study_seeds(spec, study_cap(spec))]
     used = {c.tags.get("seed") for c in children.values()}
     shown = max([study.seeds, *(i + 1 for i, s in enumerate(seeds) if s in used)])
     return expand_grid(with_seeds(spec, shown)), notes

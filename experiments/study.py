@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from deeplab.tracking import VAL_MIOU
 from experiments.errors import ExperimentsError
-from experiments.jobs import JobRecord, alive, read_job, sweep_lock
+from experiments.jobs import JobRecord, alive, read_job, sweep_lock, write_job
 from experiments.spec import RunSpec, SweepSpec, expand_grid, wide_axis
 
 if TYPE_CHECKING:
@@ -68,11 +68,15 @@ def design_of(spec: SweepSpec) -> SequentialDesign:
     )  # fmt: skip
 
 
+def study_cap(spec: SweepSpec) -> int:
+    """The most seeds per backbone the study may ask for (``SequentialDesign.cap`` of its design)."""
+    assert spec.sequential is not None
+    return max(spec.sequential.max_seeds or 0, spec.sequential.looks[-1])
+
+
 def spec_runs(spec: SweepSpec) -> list[RunSpec]:
     """Every run the spec can ask for: the grid's, and for a sequential study up to its most seeds."""
-    if spec.sequential is None:
-        return expand_grid(spec)
-    return expand_grid(with_seeds(spec, max(spec.sequential.max_seeds or 0, spec.sequential.looks[-1])))
+    return expand_grid(spec) if spec.sequential is None else expand_grid(with_seeds(spec, study_cap(spec)))
 
 
 @dataclass
@@ -281,37 +285,24 @@ def chain(spec: SweepSpec, uri: str, assessment: Assessment) -> str | None:
     """Queue a small CPU job that runs ``advance`` once every live job of the look has ended (afterany), unless one
     is queued already; returns its job id."""
     folder = spec.runs_root / spec.name
-    queued = _read_advance(folder)
+    queued = advance_job(folder)
     mine = os.environ.get("SLURM_JOB_ID")
     if queued is not None and queued.job_id != mine and alive({"a": queued}).get("a") is not False:
         return None
-    records = [rec for r in assessment.runs if (rec := read_job(r.run_dir)) and rec.kind == "slurm"]
-    living = alive({str(i): rec for i, rec in enumerate(records)})
-    after = sorted({_array_id(rec.job_id) for i, rec in enumerate(records) if living.get(str(i)) is not False})
+    records = {r.config_hash: rec for r in assessment.runs if (rec := read_job(r.run_dir)) and rec.kind == "slurm"}
+    living = alive(records)
+    after = sorted({_array_id(rec.job_id) for key, rec in records.items() if living.get(key) is not False})
     if not after:
         return None
     job_id = submit_advance_job(spec, uri, after)
-    write_advance(folder, JobRecord("slurm", job_id, submitted=time.time()))
+    write_job(folder, JobRecord("slurm", job_id, submitted=time.time()), ADVANCE_JOB)
     print(f"queued advance job {job_id}: it runs after job(s) {', '.join(after)} end", flush=True)
     return job_id
 
 
-def _read_advance(folder: Path) -> JobRecord | None:
-    try:
-        return JobRecord(**json.loads((folder / ADVANCE_JOB).read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def write_advance(folder: Path, record: JobRecord) -> None:
-    tmp = folder / f"{ADVANCE_JOB}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(dataclasses.asdict(record)) + "\n")
-    os.replace(tmp, folder / ADVANCE_JOB)
-
-
 def advance_job(folder: Path) -> JobRecord | None:
     """The advance job last queued for the sweep in ``folder``, if any."""
-    return _read_advance(folder)
+    return read_job(folder, ADVANCE_JOB)
 
 
 @dataclass
