@@ -30,8 +30,7 @@ def train_from_cli(cfg: Config, run_dir: Path, progress: str = "auto", device: s
 
     def failed(reason: str) -> None:  # also called by FailureWatch: another rank failed while this one waited
         if tracker is not None and run_dir.exists():
-            tracker.set_tags({"failure_reason": reason})
-            tracker.close("FAILED")
+            tracker.close("FAILED", reason)
 
     flag = StopFlag()
     with signal_handlers(flag):

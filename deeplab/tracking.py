@@ -7,7 +7,9 @@ fixed: the analysis reads them back.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -105,8 +107,9 @@ class Tracker(Protocol):
         """Make every point logged so far durable (called before each checkpoint is written)."""
         ...
 
-    def close(self, status: str) -> None:
-        """End the run: ``FINISHED``, ``FAILED`` or ``KILLED`` (preempted; it will resume)."""
+    def close(self, status: str | None, reason: str | None = None) -> None:
+        """End the run: ``FINISHED``, ``FAILED`` (with ``reason``) or ``KILLED`` (stopped; it will resume), or
+        None to leave it RUNNING (a requeued job resumes it)."""
         ...
 
 
@@ -134,13 +137,81 @@ class NullTracker:
     def flush(self) -> None:
         pass
 
-    def close(self, status: str) -> None:
+    def close(self, status: str | None, reason: str | None = None) -> None:
         pass
 
 
+# The run record: what a run directory holds of a run, written by the job first and mirrored into MLflow by
+# experiments.store.mirror (docs/design.md, "The run record"). Every file is rewritten atomically or appended to.
+METRICS_FILE = "metrics.jsonl"  # one point a line: {"key", "value", "step", "timestamp" (ms)}; (key, step) once
+PARAMS_FILE = "params.json"  # {key: value}
+TAGS_FILE = "tags.json"  # {key: text}; "failure_reason" when the run failed
+INPUTS_FILE = "inputs.json"  # {dataset name: DatasetInput as a dict}
+STATUS_FILE = "status.json"  # {"status": SCHEDULED|RUNNING|FINISHED|FAILED|KILLED, "reason", "time" (s)}
+ARTIFACTS_DIR = "artifacts"  # artifacts/<artifact path>/<file>
+IMAGES_DIR = "images"  # images/<key>/<step:06d>.png
+STATUSES = ("SCHEDULED", "RUNNING", "FINISHED", "FAILED", "KILLED")
+
+
+def read_record_json(run_dir: Path, name: str) -> dict[str, Any]:
+    """One of the record's JSON files ({} when absent); anything but a JSON object is an error naming the file."""
+    path = Path(run_dir) / name
+    if not path.exists():
+        return {}
+    check_own(path)
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise DeeplabError(f"{path}: not JSON written by this project; move it away to start afresh")
+    return data
+
+
+def write_record_json(run_dir: Path, name: str, data: dict[str, Any]) -> None:
+    """Replace one of the record's JSON files atomically (a reader sees the old file or the new one)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / name
+    check_own(path)
+    tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+    with open_own(tmp, "w") as fh:
+        fh.write(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    """The record's status ({"status", "reason", "time"}), or None when the run directory has none."""
+    data = read_record_json(run_dir, STATUS_FILE)
+    return data if data.get("status") in STATUSES else None
+
+
+def write_status(run_dir: Path, status: str, reason: str | None = None) -> None:
+    """Set the record's status; a reason also goes into the tags as ``failure_reason``."""
+    if status not in STATUSES:
+        raise DeeplabError(f"status {status!r}: not one of {', '.join(STATUSES)}")
+    if reason:
+        tags = read_record_json(run_dir, TAGS_FILE)
+        write_record_json(run_dir, TAGS_FILE, {**tags, "failure_reason": reason})
+    write_record_json(run_dir, STATUS_FILE, {"status": status, "reason": reason, "time": time.time()})
+
+
+def complete_lines(path: Path, offset: int = 0) -> tuple[list[str], int]:
+    """The whole lines of an append-only file from byte ``offset`` and the offset after the last of them: a
+    line torn by a kill mid-write is not read (its writer drops it when it resumes)."""
+    if not path.exists():
+        return [], offset
+    with open_own(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    end = data.rfind(b"\n") + 1
+    return data[:end].decode().splitlines(), offset + end
+
+
 class JsonlTracker:
-    """The default tracker: ``metrics.jsonl``, ``params.json``, ``tags.json``, ``inputs.json``, ``artifacts/`` and
-    ``images/<key>/<step>.png`` in the run dir.
+    """The run record (``metrics.jsonl``, ``params.json``, ``tags.json``, ``inputs.json``, ``status.json``,
+    ``artifacts/`` and ``images/<key>/<step>.png`` in the run dir): the default tracker, and what a sweep's job
+    writes before MLflow mirrors it.
 
     Points are buffered and appended at ``flush``; after a resume, points at steps already on disk are skipped,
     so the history holds every step exactly once.
@@ -158,16 +229,12 @@ class JsonlTracker:
 
     def _read_last_steps(self) -> dict[str, int]:
         last: dict[str, int] = {}
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return last
-        with open_own(path, "r") as fh:
-            text = fh.read()
-        if text and not text.endswith("\n"):  # a torn last line from a kill mid-write: drop it
-            text = text[: text.rfind("\n") + 1]
+        path = self.run_dir / METRICS_FILE
+        lines, end = complete_lines(path)
+        if path.exists() and end < path.stat().st_size:  # a torn last line from a kill mid-write: drop it
             with open_own(path, "r+") as fh:
-                fh.truncate(len(text.encode()))
-        for number, line in enumerate(text.splitlines(), 1):
+                fh.truncate(end)
+        for number, line in enumerate(lines, 1):
             try:
                 point = json.loads(line)
                 last[point["key"]] = max(last.get(point["key"], -1), int(point["step"]))
@@ -176,60 +243,56 @@ class JsonlTracker:
         return last
 
     def _merge_json(self, name: str, values: dict[str, Any]) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / name
-        check_own(path)
-        try:
-            data = json.loads(path.read_text()) if path.exists() else {}
-        except ValueError:
-            raise DeeplabError(f"{path}: not JSON written by this project; move it away to start afresh") from None
-        if not isinstance(data, dict):
-            raise DeeplabError(f"{path}: not JSON written by this project; move it away to start afresh")
-        data.update(values)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        tmp.replace(path)
+        write_record_json(self.run_dir, name, {**read_record_json(self.run_dir, name), **values})
 
     def log_params(self, params: dict[str, Any]) -> None:
-        self._merge_json("params.json", params)
+        self._merge_json(PARAMS_FILE, params)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self._merge_json("tags.json", tags)
+        self._merge_json(TAGS_FILE, tags)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        last = self._steps()
+        last, now = self._steps(), int(time.time() * 1000)
         for key, value in metrics.items():
             if step > last.get(key, -1):
-                self._buffer.append({"key": key, "value": float(value), "step": int(step)})
+                self._buffer.append({"key": key, "value": float(value), "step": int(step), "timestamp": now})
                 last[key] = step
 
     def log_artifact(self, local_path: str | Path, artifact_path: str = "") -> None:
         src = Path(local_path)
-        dest = self.run_dir / "artifacts" / artifact_path
+        dest = self.run_dir / ARTIFACTS_DIR / artifact_path
         dest.mkdir(parents=True, exist_ok=True)
         if src.resolve().is_relative_to(dest.resolve()):
             return
         if src.is_dir():
             shutil.copytree(src, dest / src.name, dirs_exist_ok=True)
-        else:
-            shutil.copy2(src, dest / src.name)
+        else:  # through a temporary name: the mirror never uploads half a file
+            tmp = dest / f".{src.name}.{os.getpid()}.tmp"
+            shutil.copy2(src, tmp)
+            tmp.replace(dest / src.name)
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
-        path = self.run_dir / "images" / key / f"{step:06d}.png"
+        path = self.run_dir / IMAGES_DIR / key / f"{step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        Image.fromarray(image).save(tmp, format="PNG")
+        tmp.replace(path)
 
     def log_inputs(self, datasets: list[DatasetInput]) -> None:
-        self._merge_json("inputs.json", {d.name: asdict(d) for d in datasets})
+        self._merge_json(INPUTS_FILE, {d.name: asdict(d) for d in datasets})
 
     def flush(self) -> None:
         if not self._buffer:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open_own(self.run_dir / "metrics.jsonl", "a") as fh:
+        with open_own(self.run_dir / METRICS_FILE, "a") as fh:
             fh.writelines(json.dumps(p) + "\n" for p in self._buffer)
+            fh.flush()
+            os.fsync(fh.fileno())
         self._buffer.clear()
 
-    def close(self, status: str) -> None:
+    def close(self, status: str | None, reason: str | None = None) -> None:
+        """Flush, then record the final status (``reason`` as ``failure_reason``); None leaves it as it is."""
         self.flush()
-        self.set_tags({"status": status})
+        if status is not None:
+            write_status(self.run_dir, status, reason)

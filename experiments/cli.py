@@ -13,6 +13,7 @@ from experiments.errors import ExperimentsError
 
 if TYPE_CHECKING:
     from experiments.spec import SweepSpec
+    from experiments.store import Mirrored
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -76,64 +77,65 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def sync(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[list[tuple[str, str, int]], list[str]]:
-    """Replay each run directory's tracking spool into its MLflow run (found by config hash under the sweep's
-    parent run), then reconcile the runs left SCHEDULED/RUNNING by jobs that are gone. Returns (run name, run id,
-    points) per replayed spool, and one line per reconciled run.
+def sync(
+    spec: SweepSpec, tracking_uri: str | None = None, *, rebuild: bool = False
+) -> tuple[list[tuple[str, Mirrored]], list[str]]:
+    """Mirror every run directory of the sweep (its parent's record first) into its MLflow run, then reconcile
+    the runs left SCHEDULED/RUNNING by jobs that are gone. Returns (run directory name, what was sent) per run
+    directory that sent anything, and one line per reconciled run.
 
-    Only into the store the runs came from: a missing sqlite store is an error (nothing is created), and a run
-    directory whose job reported to a run that this store does not hold (the store was replaced) keeps its spool.
-    Spools of runs whose job is alive are left to that job (it replays its spool at its next flush)."""
-    from experiments.jobs import alive, read_job
-    from experiments.mlflow_tracker import SPOOL_NAME
-    from experiments.reconcile import reconcile, replay_spool
-    from experiments.store import check_reachable, child_runs, find_experiment, parent_run, resolve_tracking_uri
+    Without ``rebuild`` only into the store the runs came from: a missing sqlite store is an error (nothing is
+    created), and a run directory whose MLflow run this store does not hold (or holds deleted) is one line with
+    the way back. With ``rebuild`` the store (a lost one: a new file, or an empty server) is made again from the
+    run directories alone: the experiment, the parent run with its grid, every child with its params, curves,
+    images, artifacts and status; records already in this store are only mirrored."""
+    from experiments.reconcile import reconcile
+    from experiments.spec import RunSpec
+    from experiments.store import (
+        PARENT_DIR,
+        check_reachable,
+        child_dirs,
+        child_runs,
+        ensure_experiment,
+        find_experiment,
+        mirror_run,
+        parent_run,
+        resolve_tracking_uri,
+    )
     from experiments.study import spec_runs
 
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
-    runs = spec_runs(spec)
-    spooled = [r for r in runs if (r.run_dir / SPOOL_NAME).exists()]
-    records = {r.config_hash: rec for r in runs if (rec := read_job(r.run_dir)) is not None}
-    if not spooled and not records:
+    folder = spec.runs_root / spec.name
+    dirs = [folder / PARENT_DIR, *child_dirs(folder)] if (folder / PARENT_DIR).is_dir() else child_dirs(folder)
+    if not dirs:
+        if rebuild:
+            raise ExperimentsError(f"sweep {spec.name}: {folder} holds no run records to rebuild from")
         return [], []
-    check_reachable(uri, must_exist=True)
+    check_reachable(uri, must_exist=not rebuild)
+    experiment_id = ensure_experiment(uri, spec.experiment) if rebuild else None
+    synced = []
+    for run_dir in dirs:
+        done = mirror_run(uri, run_dir, experiment_id=experiment_id, rebuild=rebuild)
+        if done.sent:
+            synced.append((run_dir.name, done))
     experiment_id = find_experiment(uri, spec.experiment)
     parent = parent_run(uri, experiment_id, spec.name) if experiment_id else None
-    if parent is None:
-        raise ExperimentsError(f"sweep {spec.name}: no MLflow parent run at {uri}; its spools stay in the run dirs")
-    children = child_runs(uri, experiment_id, parent)
-    orphans = [str(r.run_dir) for r in spooled if r.config_hash not in children]
-    if orphans:
-        raise ExperimentsError(f"sweep {spec.name}: no MLflow run at {uri} for the spool(s) in {', '.join(orphans)}")
-    for r in runs:
-        record, child = records.get(r.config_hash), children.get(r.config_hash)
-        if record is not None and record.run_id and (child is None or child.run_id != record.run_id):
-            raise ExperimentsError(
-                f"{r.run_dir}: its job reported to MLflow run {record.run_id}, which {uri} does not hold "
-                "(a replaced or recreated store?); nothing was written, its spool stays"
-            )
-    living = alive({h: records[h] for h in (r.config_hash for r in spooled) if h in records})
-    done = []
-    for r in spooled:
-        if living.get(r.config_hash):
-            continue
-        run_id = children[r.config_hash].run_id
-        done.append((r.name, run_id, replay_spool(uri, run_id, r.run_dir)))
-    lines = []
-    for fixed in reconcile(uri, runs, children):
-        lines.append(f"reconciled {fixed.line}")
-    return done, lines
+    children = child_runs(uri, experiment_id, parent) if parent else {}
+    runs: list[RunSpec] = spec_runs(spec)
+    return synced, [f"reconciled {fixed.line}" for fixed in reconcile(uri, runs, children)]
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
     from experiments.spec import load_spec
 
     spec = load_spec(args.spec)
-    synced, reconciled = sync(spec, args.tracking_uri)
-    for name, run_id, points in synced:
-        print(f"synced {points} spooled points of {name} into run {run_id}")
+    synced, reconciled = sync(spec, args.tracking_uri, rebuild=args.rebuild)
+    for name, done in synced:
+        what = f"{done.points} points, {done.params} params, {done.tags} tags, {done.artifacts} artifacts, "
+        what += f"{done.images} images" + (f", status {done.status}" if done.status else "")
+        print(f"synced {name} into run {done.run_id}: {what}")
     if not synced:
-        print(f"sweep {spec.name}: no spooled points to sync")
+        print(f"sweep {spec.name}: every run directory is mirrored already")
     for line in reconciled:
         print(line)
     return 0
@@ -237,9 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", **uri)
     p.set_defaults(func=_cmd_cancel)
 
-    p = sub.add_parser("sync", help="send points spooled while the tracking server was away to their MLflow runs")
+    p = sub.add_parser("sync", help="mirror the sweep's run directories into MLflow (--rebuild: a lost store)")
     p.add_argument("spec")
     p.add_argument("--tracking-uri", **uri)
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="make a lost or corrupt store again from the run directories (move the bad one away first)",
+    )
     p.set_defaults(func=_cmd_sync)
 
     p = sub.add_parser("plan", help="runs, iterations, GPU-hours and equivalence-test power of a sweep spec")

@@ -25,7 +25,7 @@ from deeplab.engine import StopFlag, signal_handlers, train
 from deeplab.errors import DeeplabError
 from deeplab.lease import LeaseHeld
 from experiments.mlflow_tracker import MlflowTracker
-from experiments.store import close_parent_if_done, sum_child_costs
+from experiments.store import update_parent
 from experiments.system_metrics import SystemSampler
 
 JOB_LOGS = "logs"  # the run's artifact folder of its jobs' stdout/stderr (submitit's files, one pair per task)
@@ -126,7 +126,7 @@ class RunJob(submitit.helpers.Checkpointable):
             }
             system = SystemSampler(gpus=self._gpus(cfg.train.device))
             tracker = MlflowTracker(
-                self.tracking_uri, self.run_id, spool_dir=run_dir, start_tags=start_tags, system=system
+                self.tracking_uri, self.run_id, run_dir=run_dir, start_tags=start_tags, system=system
             )
 
         def failed(reason: str) -> None:  # also FailureWatch's call when another rank failed
@@ -184,9 +184,8 @@ class RunJob(submitit.helpers.Checkpointable):
         """The sweep's cost so far onto its parent run; the last child to end ends it (bookkeeping: a tracking
         hiccup here is only logged)."""
         try:
-            sum_child_costs(self.tracking_uri, self.run_id)
-            close_parent_if_done(self.tracking_uri, self.run_id)
-        except Exception as err:  # the run's own result is already recorded (or spooled)
+            update_parent(self.tracking_uri, Path(self.run_dir).parent)
+        except Exception as err:  # the run's own result is already recorded in its run directory
             print(f"warning: could not update the sweep's parent run: {err}", file=sys.stderr, flush=True)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

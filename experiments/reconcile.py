@@ -1,22 +1,21 @@
-"""Runs that MLflow shows SCHEDULED or RUNNING while nothing trains them, set right from their run directories.
+"""Runs left SCHEDULED or RUNNING while nothing trains them, set right from their run directories.
 
 That happens when a job died without a word (kill -9, node failure), when the store was away or read-only while a
-job ended (its last points and state wait in the run's spool), or when a sweep stopped between creating its runs
-and submitting them. ``status``, ``sync`` and ``sweep`` call ``reconcile`` before they report or submit.
+job ended (its record holds its last points and its end, MLflow does not yet), or when a sweep stopped between
+creating its runs and submitting them. ``status``, ``sync`` and ``sweep`` call ``reconcile`` before they report or
+submit. What remains here is what no run directory can say by itself: whether the job that wrote it is gone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from deeplab.checkpoint import CHECKPOINT_NAME, checkpoint_progress
 from deeplab.lease import LEASE_NAME, current_holder
-from experiments.errors import ExperimentsError
+from deeplab.tracking import read_status, write_status
 from experiments.jobs import alive, read_job
-from experiments.mlflow_tracker import SPOOL_NAME, MlflowTracker
 from experiments.spec import RunSpec
-from experiments.store import ChildRun, close_parent_if_done, mark_run, run_status
+from experiments.store import ChildRun, mirror_run, read_run_id, update_parent, write_run_id
 
 STUCK = ("SCHEDULED", "RUNNING")
 
@@ -29,28 +28,23 @@ class Reconciled:
     line: str  # what was found and done, for the user
 
 
-def replay_spool(uri: str, run_id: str, run_dir: Path) -> int:
-    """Send a run directory's spool (points, then tags and state changes) into its run; returns the points sent."""
-    spool = run_dir / SPOOL_NAME
-    if not spool.exists():
-        return 0
-    points = sum(1 for line in spool.read_text().splitlines() if line.strip() and '"event"' not in line)
-    MlflowTracker(uri, run_id, spool_dir=run_dir).close(None)  # sends the spool; keeps it if that fails
-    if spool.exists():
-        raise ExperimentsError(f"{spool}: not replayed into run {run_id} at {uri}; the spool is kept")
-    return points
-
-
 def reconcile(
     uri: str, runs: list[RunSpec], children: dict[str, ChildRun], *, resubmitting: bool = False
 ) -> list[Reconciled]:
     """Set right every run left SCHEDULED/RUNNING by a job that is gone.
 
     A run whose job is alive, or whose run directory a live process holds, is left alone, as is one whose job
-    cannot be checked from here. Otherwise its spool is replayed; then a finished checkpoint makes it FINISHED,
-    anything else FAILED with the iteration it reached. With ``resubmitting`` (a sweep about to submit) runs
-    never submitted and unfinished runs are left as they are: the sweep submits them again."""
-    stuck = [r for r in runs if r.config_hash in children and children[r.config_hash].status in STUCK]
+    cannot be checked from here. Otherwise its record is mirrored first (what the job wrote while the store was
+    away); a record that ended the run ends it in MLflow; else a finished checkpoint makes it FINISHED, anything
+    else FAILED with the iteration it reached. With ``resubmitting`` (a sweep about to submit) runs never
+    submitted and unfinished runs are only mirrored: the sweep submits them again."""
+
+    def recorded(r: RunSpec) -> str:
+        return (read_status(r.run_dir) or {}).get("status", children[r.config_hash].status)
+
+    stuck = [
+        r for r in runs if r.config_hash in children and {children[r.config_hash].status, recorded(r)} & set(STUCK)
+    ]
     records = {r.config_hash: read_job(r.run_dir) for r in stuck}
     if resubmitting:
         stuck = [r for r in stuck if records[r.config_hash] is not None]
@@ -66,31 +60,44 @@ def reconcile(
             reason = f"queued in a local sweep that has ended ({record.host}:{record.pid})"
         else:
             reason = f"its {record.describe()} has ended"
+        if read_run_id(r.run_dir) is None:  # a run directory from before records named their MLflow run
+            write_run_id(r.run_dir, child.run_id, uri)
         progress = checkpoint_progress(r.run_dir / CHECKPOINT_NAME)
         finished = progress is not None and progress[1] is not None
-        if resubmitting and not finished and not (r.run_dir / SPOOL_NAME).exists():
-            continue
-        replayed = replay_spool(uri, child.run_id, r.run_dir)
-        note = f" ({replayed} spooled points replayed)" if replayed else ""
-        status = run_status(uri, child.run_id)
-        if status not in STUCK:  # the spool held the job's own ending
-            line = f"{r.name}: was {child.status}, {reason}; its spool ended it {status}{note}"
+        status = recorded(r)
+        if status not in STUCK:  # the job ended the run in its record; MLflow missed it
+            sent = mirror_run(uri, r.run_dir).points
+            note = f" ({sent} points mirrored)" if sent else ""
+            line = f"{r.name}: was {child.status}, {reason}; its run directory ended it {status}{note}"
         elif finished:
             status = "FINISHED"
-            mark_run(uri, child.run_id, status)
-            line = f"{r.name}: was {child.status}, {reason}; its checkpoint is finished: FINISHED{note}"
+            write_status(r.run_dir, status)
+            sent = mirror_run(uri, r.run_dir).points
+            line = f"{r.name}: was {child.status}, {reason}; its checkpoint is finished: FINISHED" + _note(sent)
         elif resubmitting:
-            line = f"{r.name}: {reason}; spooled points replayed before it is resubmitted{note}"
+            sent = mirror_run(uri, r.run_dir).points
+            if not sent:
+                continue
+            line = f"{r.name}: {reason}; its run directory mirrored before it is resubmitted{_note(sent)}"
         elif record is None and progress is None:
             status = "KILLED"
-            mark_run(uri, child.run_id, status, reason)
-            line = f"{r.name}: was {child.status}, {reason}: KILLED{note}"
+            write_status(r.run_dir, status, reason)
+            line = f"{r.name}: was {child.status}, {reason}: KILLED" + _note(mirror_run(uri, r.run_dir).points)
         else:
             status, reached = "FAILED", f"iteration {progress[0] if progress else 0}/{r.config.train.iterations}"
-            mark_run(uri, child.run_id, status, f"{reason} at {reached}; `experiments sweep` resumes it")
-            line = f"{r.name}: was {child.status}, {reason} at {reached}: FAILED{note}"
+            write_status(r.run_dir, status, f"{reason} at {reached}; `experiments sweep` resumes it")
+            line = f"{r.name}: was {child.status}, {reason} at {reached}: FAILED" + _note(
+                mirror_run(uri, r.run_dir).points
+            )
         done.append(Reconciled(r.config_hash, child.run_id, status, line))
-    ended = [d for d in done if d.status not in STUCK]
-    if ended:  # the parent ends once none of its children is left going
-        close_parent_if_done(uri, ended[-1].run_id)
+    if any(d.status not in STUCK for d in done) and runs:  # the parent ends once none of its children is going
+        update_parent(uri, runs[0].run_dir.parent)
     return done
+
+
+def STUCK_IN(*statuses: str) -> bool:
+    return any(s in STUCK for s in statuses)
+
+
+def _note(sent: int) -> str:
+    return f" ({sent} points mirrored)" if sent else ""

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from deeplab.lease import Holder
-from deeplab.tracking import TRAIN_LR, VAL_MIOU
+from deeplab.tracking import TRAIN_LR, VAL_MIOU, read_status
 from experiments.jobs import JobRecord, read_job, sweep_busy
 from experiments.reconcile import reconcile
 from experiments.spec import RunSpec, SweepSpec, expand_grid
@@ -20,11 +20,13 @@ from experiments.store import (
     check_reachable,
     child_runs,
     find_experiment,
-    mark_run,
+    gone_reason,
     metric_histories,
     parent_run,
+    read_run_id,
     resolve_tracking_uri,
     run_tags,
+    set_run_status,
 )
 
 
@@ -52,6 +54,10 @@ def status_report(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[lis
     runs, notes = expand_grid(spec), []
     if spec.sequential is not None:
         runs, notes = _study_runs(spec, uri, parent, children)
+    known = {c.run_id for c in children.values()}
+    lost = [r for r in runs if (run_id := read_run_id(r.run_dir)) and run_id not in known]
+    gone = {r.config_hash: gone_reason(uri, r.run_dir) for r in lost[:1]}  # one line says what happened and why
+    notes += [f"note: {reason} ({len(lost)} run dir(s) so)" for reason in gone.values() if reason]
     if busy := sweep_busy(spec.runs_root / spec.name):
         notes.append(f"note: {busy} is submitting this sweep right now; states may change in a moment")
     else:
@@ -72,7 +78,7 @@ def status_report(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[lis
             {
                 "hash": r.config_hash,
                 "run": r.name,
-                "status": child.status if child else "NOT SUBMITTED",
+                "status": child.status if child else _unmirrored(r),
                 "job": shown.strip(),
                 "iteration": f"{reached.get(child.run_id, 0) if child else 0}/{r.config.train.iterations}",
                 "val_mIoU": f"{child.metrics[VAL_MIOU]:.2f}" if child and VAL_MIOU in child.metrics else "-",
@@ -98,6 +104,12 @@ def _study_runs(
     used = {c.tags.get("seed") for c in children.values()}
     shown = max([study.seeds, *(i + 1 for i, s in enumerate(seeds) if s in used)])
     return expand_grid(with_seeds(spec, shown)), notes
+
+
+def _unmirrored(run: RunSpec) -> str:
+    """The status of a run MLflow does not show: its record's, when it has one."""
+    recorded = read_status(run.run_dir) if read_run_id(run.run_dir) else None
+    return f"{recorded['status']} (not in MLflow)" if recorded else "NOT SUBMITTED"
 
 
 def status_rows(spec: SweepSpec, tracking_uri: str | None = None) -> list[dict[str, object]]:
@@ -132,7 +144,7 @@ def cancel(spec: SweepSpec, tracking_uri: str | None = None) -> int:
         elif job.kind == "local":
             _stop_local(job)
         if row["run_id"]:
-            mark_run(uri, str(row["run_id"]), "KILLED", "cancelled by `experiments cancel`")
+            set_run_status(uri, r.run_dir, "KILLED", "cancelled by `experiments cancel`")
         count += 1
     return count
 
@@ -150,13 +162,12 @@ def _stop_local(job: JobRecord) -> None:
 def _cancel_study(spec: SweepSpec, uri: str) -> None:
     import time
 
-    from experiments.store import set_tags
+    from experiments.store import PARENT_DIR, tag_run
     from experiments.study import CANCELLED_TAG, advance_job
 
     queued = advance_job(spec.runs_root / spec.name)
     if queued is not None and queued.kind == "slurm" and shutil.which("scancel"):
         subprocess.run(["scancel", queued.job_id], check=False)
-    experiment_id = find_experiment(uri, spec.experiment)
-    if experiment_id and (parent := parent_run(uri, experiment_id, spec.name)):
+    if (record := spec.runs_root / spec.name / PARENT_DIR).is_dir():
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime())
-        set_tags(uri, parent, {CANCELLED_TAG: f"cancelled by `experiments cancel` at {when}"})
+        tag_run(uri, record, {CANCELLED_TAG: f"cancelled by `experiments cancel` at {when}"})

@@ -164,20 +164,18 @@ def _look_json(look: Look) -> str:
     return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fields.items()})
 
 
-def record(uri: str, parent_id: str, parent_tags: dict[str, str], assessment: Assessment) -> list[Look]:
-    """Write each look not yet on the parent run (a tag of its figures, and Δ and its repeated CI as metrics at
-    step = seeds per backbone), and the study's state; returns the looks written now."""
-    from experiments.store import log, point
+def record(uri: str, folder: Path, parent_tags: dict[str, str], assessment: Assessment) -> list[Look]:
+    """Record each look not yet on the parent run in its record (a tag of its figures, and Δ and its repeated CI
+    as metrics at step = seeds per backbone) and the study's state, then mirror it; returns the looks new now."""
+    from experiments.store import PARENT_DIR, append_points, tag_run
 
     new = [look for look in assessment.looks if look_tag(look.k) not in parent_tags]
-    metrics = [
-        point(key, value, look.n)
-        for look in new
-        for key, value in zip(LOOK_METRICS, (look.delta, look.rci_low, look.rci_high), strict=True)
-    ]
+    for look in new:
+        append_points(folder / PARENT_DIR, dict(zip(LOOK_METRICS, (look.delta, look.rci_low, look.rci_high),
+                                                    strict=True)), look.n)  # fmt: skip
     tags = {look_tag(look.k): _look_json(look) for look in new}
     tags |= {STATE_TAG: assessment.state, DECISION_TAG: assessment.decision[:4000], SEEDS_TAG: str(assessment.seeds)}
-    log(uri, parent_id, metrics=metrics, tags=tags)
+    tag_run(uri, folder / PARENT_DIR, tags)
     return new
 
 
@@ -203,26 +201,27 @@ def _assess_and_record(spec: SweepSpec, uri: str, resume: bool) -> Assessment:
     """Under the sweep's lock: runs of dead jobs set right, the study assessed, new looks recorded, the failed runs
     about to be resubmitted counted (``resume``: a person asked, so the counts and a cancel are cleared)."""
     from experiments.reconcile import reconcile
-    from experiments.store import set_tags
+    from experiments.store import PARENT_DIR, tag_run
 
     folder = spec.runs_root / spec.name
+    run_dirs = {r.config_hash: r.run_dir for r in spec_runs(spec)}
     with sweep_lock(folder):
         parent, tags, children = _parent(spec, uri)
         if parent is None:
             return assess(spec, {}, {})
         if resume and CANCELLED_TAG in tags:
-            set_tags(uri, parent, {CANCELLED_TAG: None})
+            tag_run(uri, folder / PARENT_DIR, {CANCELLED_TAG: None})
             tags.pop(CANCELLED_TAG)
         for fixed in reconcile(uri, spec_runs(spec), children):
             print(f"reconciled {fixed.line}", flush=True)
             children[fixed.config_hash].status = fixed.status
         if resume:
-            for child in children.values():
-                if child.status in ("FAILED", "KILLED") and RESUBMITS_TAG in child.tags:
-                    set_tags(uri, child.run_id, {RESUBMITS_TAG: None})
+            for digest, child in children.items():
+                if child.status in ("FAILED", "KILLED") and RESUBMITS_TAG in child.tags and digest in run_dirs:
+                    tag_run(uri, run_dirs[digest], {RESUBMITS_TAG: None})
                     child.tags.pop(RESUBMITS_TAG)
         assessment = assess(spec, children, tags)
-        for look in record(uri, parent, tags, assessment):
+        for look in record(uri, folder, tags, assessment):
             print(
                 f"look {look.k} ({look.n} seeds per backbone): Δ {look.delta:+.2f}, repeated CI "
                 f"{look.rci_low:+.2f}…{look.rci_high:+.2f} (nominal level {look.nominal:.4f})",
@@ -231,7 +230,7 @@ def _assess_and_record(spec: SweepSpec, uri: str, resume: bool) -> Assessment:
         if assessment.state == "continue":
             for r in assessment.failed:
                 child = children[r.config_hash]
-                set_tags(uri, child.run_id, {RESUBMITS_TAG: str(int(child.tags.get(RESUBMITS_TAG, "0")) + 1)})
+                tag_run(uri, r.run_dir, {RESUBMITS_TAG: str(int(child.tags.get(RESUBMITS_TAG, "0")) + 1)})
     return assessment
 
 

@@ -34,13 +34,13 @@ from experiments.store import (
     ensure_experiment,
     ensure_parent_run,
     find_experiment,
-    mark_run,
     parent_run,
+    read_run_id,
     redact,
-    reopen_parent,
     resolve_tracking_uri,
-    set_status,
+    set_run_status,
     sqlite_path,
+    update_parent,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,8 +118,14 @@ def plan(spec: SweepSpec, tracking_uri: str, dry_run: bool, runs: list[RunSpec] 
         return [Planned(r, None) for r in runs]
     experiment_id = ensure_experiment(tracking_uri, spec.experiment)
     git = git_state(REPO)
+    folder = spec.runs_root / spec.name
     parent = ensure_parent_run(
-        tracking_uri, experiment_id, spec.name, tags={**git, "sweep.spec": str(spec.path)}, grid=spec.grid
+        tracking_uri,
+        experiment_id,
+        spec.name,
+        tags={**git, "sweep.spec": str(spec.path)},
+        folder=folder,
+        grid=spec.grid,
     )
     short = axis_tags(spec.grid)
     cells = [
@@ -128,6 +134,7 @@ def plan(spec: SweepSpec, tracking_uri: str, dry_run: bool, runs: list[RunSpec] 
             r.name,
             flatten(to_dict(r.config)),
             {"sweep.name": spec.name, **git, **short_tags(r), **{short[k]: axis_value(v) for k, v in r.values.items()}},
+            r.run_dir,
         )
         for r in runs
     ]
@@ -162,10 +169,15 @@ def check_runs_root(folder: Path, create: bool) -> None:
             raise ExperimentsError(f"runs_root: cannot create {folder} ({err.strerror})") from None
 
 
+def recorded_run_id(run_dir: Path) -> str | None:
+    """The MLflow run a run directory mirrors into (its record's, else its job's from before records)."""
+    return read_run_id(run_dir) or ((rec := read_job(run_dir)) and rec.run_id) or None
+
+
 def check_same_store(spec: SweepSpec, uri: str, runs: list[RunSpec]) -> None:
     """Run directories that record MLflow runs this store does not hold (it was deleted, moved or replaced) are
     not given new runs in it: their history is elsewhere (restore the store), or they start over when moved away."""
-    records = {r.config_hash: (r, rec) for r in runs if (rec := read_job(r.run_dir)) and rec.run_id}
+    records = {r.config_hash: (r, run_id) for r in runs if (run_id := recorded_run_id(r.run_dir))}
     if not records:
         return
     db = sqlite_path(uri)
@@ -174,12 +186,12 @@ def check_same_store(spec: SweepSpec, uri: str, runs: list[RunSpec]) -> None:
         experiment_id = find_experiment(uri, spec.experiment)
         parent = parent_run(uri, experiment_id, spec.name) if experiment_id else None
         children = child_runs(uri, experiment_id, parent) if parent else {}
-    lost = [r for h, (r, rec) in records.items() if h not in children or children[h].run_id != rec.run_id]
+    lost = [r for h, (r, run_id) in records.items() if h not in children or children[h].run_id != run_id]
     if lost:
         raise ExperimentsError(
             f"{len(lost)} run dir(s) of sweep {spec.name}, e.g. {lost[0].run_dir}, record MLflow runs that "
             f"{redact(uri)} does not hold (was the store deleted, moved or replaced?): restore it and run "
-            f"`experiments sync`, or move the run dirs (or their {JOB_ID_FILE} files) away to start them over"
+            f"`experiments sync`, or rebuild it from the run dirs (`experiments sync SPEC --rebuild`)"
         )
 
 
@@ -256,7 +268,7 @@ def submit(
             why = failure_line(str(err)) or err.__class__.__name__
             for p in todo:
                 if (rec := read_job(p.run.run_dir)) is None or rec.submitted < started:
-                    mark_run(uri, p.child.run_id, "KILLED", f"not submitted: {why}")
+                    set_run_status(uri, p.run.run_dir, "KILLED", f"not submitted: {why}")
             if isinstance(err, Exception) and not isinstance(err, ExperimentsError):
                 raise ExperimentsError(f"submission failed: {why[:300]}") from None
             raise
@@ -281,9 +293,8 @@ def _fan_out(spec: SweepSpec, kind: str, uri: str, todo: list[Planned]) -> Any:
             ensure_synthetic(Path(data.root), data.synthetic)
     for p in todo:
         if p.child.status != "SCHEDULED":  # a resubmitted run waits for its new job
-            set_status(uri, p.child.run_id, "SCHEDULED")
-        p.run.run_dir.mkdir(parents=True, exist_ok=True)
-    reopen_parent(uri, todo[0].child.tags["mlflow.parentRunId"])
+            set_run_status(uri, p.run.run_dir, "SCHEDULED")
+    update_parent(uri, spec.runs_root / spec.name)  # RUNNING again: its children are about to run
     executor = make_executor(kind, spec, spec.runs_root / spec.name / ".submitit")
     threads = spec.local.threads_per_job or max(1, (os.cpu_count() or 1) // spec.local.parallelism)
     jobs_in = [

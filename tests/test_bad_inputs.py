@@ -545,7 +545,7 @@ def test_every_bad_input_gives_one_clear_line_and_leaves_nothing(
     problems = [problem for _, problem in results if problem]
     assert not problems, "\n".join(problems)
     assert not list(tmp_path.glob("run-*"))  # the train commands failed before writing a run directory
-    assert json.loads((tmp_path / "failed-run" / "tags.json").read_text())["status"] == "FAILED"
+    assert json.loads((tmp_path / "failed-run" / "status.json").read_text())["status"] == "FAILED"
     assert not (tmp_path / "runs").exists() and not (tmp_path / "report").exists() and not (tmp_path / "dl").exists()
     assert not (tmp_path / "synth").exists() and (tmp_path / "a_file").read_text() == "keep me\n"
     assert not list((tmp_path / "a_dir").iterdir())

@@ -7,13 +7,28 @@ query for metric histories, used only on the schema revision it was checked agai
 - uri.py: resolution, parsing and redaction of tracking URIs, reachability
 - client.py: ``open_client`` (never creates a sqlite store by accident; creation serialised), ``StoreGone``
 - write.py: batches, tags, params, states, experiments, ``record_run`` (idempotent by key)
-- sweeps.py: a sweep's parent run (its grid axes) and child runs
+- mirror.py: a run directory's record mirrored into its MLflow run (idempotent), a record's MLflow identity
+- sweeps.py: a sweep's parent run (its grid axes) and child runs, their records
 - read.py: run records, metric histories, first points, artifacts
 - publish.py: a report on its sweep's parent run (description, summary metrics, report artifacts)
 - views.py: the experiment tags and URLs that open MLflow's UI on the runs table with useful columns
 """
 
 from experiments.store.client import StoreGone, open_client
+from experiments.store.mirror import (
+    PARENT_DIR,
+    Mirrored,
+    RunGone,
+    append_points,
+    gone_reason,
+    mirror_run,
+    read_run_id,
+    set_run_status,
+    start_record,
+    tag_run,
+    update_record,
+    write_run_id,
+)
 from experiments.store.publish import publish_report, report_link, report_parent
 from experiments.store.read import (
     RunRecord,
@@ -29,15 +44,13 @@ from experiments.store.sweeps import (
     NewChild,
     axis_tags,
     axis_value,
+    child_dirs,
     child_runs,
-    close_parent_if_done,
-    ensure_child_run,
     ensure_child_runs,
     ensure_parent_run,
     parent_run,
-    reopen_parent,
-    sum_child_costs,
     sweep_axes,
+    update_parent,
 )
 from experiments.store.uri import (
     check_reachable,
@@ -73,42 +86,47 @@ from experiments.store.write import (
 __all__ = [
     "GRID_TAG",
     "MAX_PARAM_LENGTH",
+    "PARENT_DIR",
     "PARENT_ROLE",
     "RECORD_KEY",
     "TERMINAL",
     "ChildRun",
+    "Mirrored",
     "NewChild",
     "Recorded",
+    "RunGone",
     "RunRecord",
     "StoreGone",
+    "append_points",
     "axis_tags",
     "axis_value",
     "batches",
     "check_reachable",
+    "child_dirs",
     "child_runs",
-    "close_parent_if_done",
     "default_tracking_uri",
     "download_artifact",
     "driver_uri",
-    "ensure_child_run",
     "ensure_child_runs",
     "ensure_experiment",
     "ensure_parent_run",
     "find_experiment",
     "first_points",
+    "gone_reason",
     "is_database",
     "log",
     "log_artifact",
     "mark_run",
     "metric_histories",
+    "mirror_run",
     "open_client",
     "params_of",
     "parent_run",
     "point",
     "publish_report",
+    "read_run_id",
     "record_run",
     "redact",
-    "reopen_parent",
     "report_link",
     "report_parent",
     "resolve_tracking_uri",
@@ -117,10 +135,15 @@ __all__ = [
     "run_status",
     "run_tags",
     "runs_page_url",
+    "set_run_status",
     "set_status",
     "set_tags",
     "sqlite_path",
-    "sum_child_costs",
+    "start_record",
     "sweep_axes",
+    "tag_run",
     "tags_of",
+    "update_parent",
+    "update_record",
+    "write_run_id",
 ]

@@ -8,22 +8,38 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric
-
-from deeplab.tracking import COST_DEVICE_HOURS, COST_WALL_HOURS
+from deeplab.tracking import (
+    COST_DEVICE_HOURS,
+    COST_WALL_HOURS,
+    TAGS_FILE,
+    read_record_json,
+    read_status,
+    write_record_json,
+    write_status,
+)
+from deeplab.usage import recorded as usage_metrics
 from experiments.errors import ExperimentsError
 from experiments.store.client import open_client
+from experiments.store.mirror import (
+    PARENT_DIR,
+    PARENT_TAG,
+    RUN_FILE,
+    RUN_NAME_TAG,
+    append_points,
+    mirror_run,
+    read_run_id,
+    start_record,
+    write_run_id,
+)
 from experiments.store.uri import sqlite_path
 from experiments.store.write import (
     TERMINAL,
-    batches,
     find_experiment,
-    params_of,
     quoted,
     search,
-    tags_of,
 )
 
 PARENT_ROLE = "parent"
@@ -51,6 +67,7 @@ class NewChild:
     run_name: str
     params: dict[str, Any]
     tags: dict[str, str]
+    run_dir: Path
 
 
 def axis_tags(keys: Iterable[str]) -> dict[str, str]:
@@ -91,29 +108,29 @@ def ensure_parent_run(
     params: dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
     *,
+    folder: Path,
     grid: dict[str, list] | None = None,
 ) -> str:
-    """The sweep's parent run (one per sweep name), created when missing; ``grid`` is merged into its
-    ``sweep.grid`` tag."""
-    client = open_client(uri)
-    found = search(uri, experiment_id, f"tags.`sweep.name` = {quoted(sweep_name)} and tags.`sweep.role` = 'parent'")
-    old = json.loads(found[0].data.tags.get(GRID_TAG, "{}")) if found else {}
-    if found:
-        run_id = found[0].info.run_id
-    else:
-        all_tags = {t.key: t.value for t in tags_of({**(tags or {}), "sweep.name": sweep_name})}
-        run_id = client.create_run(experiment_id, run_name=sweep_name, tags={**all_tags, "sweep.role": PARENT_ROLE})
-        run_id = run_id.info.run_id
-        for _, p, _ in batches(params=params_of(params or {})):
-            client.log_batch(run_id, params=p)
+    """The sweep's parent run (one per sweep name), its record in ``folder/parent``: created when missing (a
+    parent the store holds from before records is adopted); ``grid`` is merged into its ``sweep.grid`` tag."""
+    record = folder / PARENT_DIR
+    recorded = read_record_json(record, TAGS_FILE)
+    if read_run_id(record) is None and (found := parent_run(uri, experiment_id, sweep_name)) is not None:
+        write_run_id(record, found, uri)
+        recorded = {**open_client(uri).get_run(found).data.tags, **recorded}
+    old = json.loads(recorded.get(GRID_TAG, "{}"))
+    new_tags = {**(tags or {}), "sweep.name": sweep_name, "sweep.role": PARENT_ROLE, RUN_NAME_TAG: sweep_name}
     if grid is not None:
         text = json.dumps(merged_grid(old, grid))
         if len(text) > MAX_GRID_TAG:
             raise ExperimentsError(
                 f"sweep {sweep_name}: its grid is {len(text)} characters as JSON (MLflow keeps 8000)"
             )
-        client.log_batch(run_id, tags=tags_of({GRID_TAG: text}))
-    return run_id
+        new_tags[GRID_TAG] = text
+    start_record(record, tags=new_tags, params=params)  # tags recorded first stay (the first sweep's commit)
+    if GRID_TAG in new_tags:  # the merged grid replaces the recorded one
+        write_record_json(record, TAGS_FILE, {**read_record_json(record, TAGS_FILE), GRID_TAG: new_tags[GRID_TAG]})
+    return mirror_run(uri, record, experiment_id=experiment_id).run_id
 
 
 def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> dict[str, ChildRun]:
@@ -126,88 +143,76 @@ def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> dict[str, Ch
     return out
 
 
-def _create_child(uri: str, experiment_id: str, parent_run_id: str, cell: NewChild) -> ChildRun:
-    client = open_client(uri)
-    tags = {t.key: t.value for t in tags_of({**cell.tags, "config_hash": cell.config_hash})}
-    tags["mlflow.parentRunId"] = parent_run_id
-    run_id = client.create_run(experiment_id, run_name=cell.run_name, tags=tags).info.run_id
-    client.update_run(run_id, status="SCHEDULED")  # RUNNING once its job starts (MlflowTracker.start)
-    for _, p, _ in batches(params=params_of(cell.params)):
-        client.log_batch(run_id, params=p)
-    return ChildRun(run_id, "SCHEDULED", {}, tags)
-
-
-def ensure_child_run(
-    uri: str,
-    experiment_id: str,
-    parent_run_id: str,
-    config_hash: str,
-    run_name: str,
-    params: dict[str, Any],
-    tags: dict[str, str],
-    existing: dict[str, ChildRun] | None = None,
+def _ensure_child(
+    uri: str, experiment_id: str, parent_run_id: str, cell: NewChild, existing: dict[str, ChildRun]
 ) -> ChildRun:
-    """The child run of one grid cell: found by config hash (a resubmission continues it) or created SCHEDULED."""
-    existing = child_runs(uri, experiment_id, parent_run_id) if existing is None else existing
-    if config_hash in existing:
-        return existing[config_hash]
-    return _create_child(uri, experiment_id, parent_run_id, NewChild(config_hash, run_name, params, tags))
+    """A cell's run: its record's MLflow run, else the store's child of that config hash (adopted), else new."""
+    run_id = read_run_id(cell.run_dir)
+    known = {c.run_id: c for c in existing.values()}
+    if run_id in known:
+        return known[run_id]
+    if run_id is None and cell.config_hash in existing:
+        write_run_id(cell.run_dir, existing[cell.config_hash].run_id, uri)
+        return existing[cell.config_hash]
+    tags = {**cell.tags, "config_hash": cell.config_hash, RUN_NAME_TAG: cell.run_name}
+    start_record(cell.run_dir, tags=tags, params=cell.params, status="SCHEDULED")
+    done = mirror_run(uri, cell.run_dir, experiment_id=experiment_id)  # RUNNING once its job starts
+    status = read_status(cell.run_dir) or {"status": "SCHEDULED"}
+    return ChildRun(
+        done.run_id, status["status"], {}, {**{k: str(v) for k, v in tags.items()}, PARENT_TAG: parent_run_id}
+    )
 
 
 def ensure_child_runs(
     uri: str, experiment_id: str, parent_run_id: str, cells: list[NewChild], workers: int = 8
 ) -> dict[str, ChildRun]:
     """Every cell's child run by config hash: existing ones found (a resubmission continues them), the rest
-    created SCHEDULED with their params and tags. A sqlite store takes its writers one at a time (threads only
-    queue for its lock), a server or PostgreSQL gets the runs from a thread pool."""
+    recorded in their run directories SCHEDULED with their params and tags, and mirrored. A sqlite store takes
+    its writers one at a time (threads only queue for its lock), a server or PostgreSQL gets the runs from a
+    thread pool."""
     existing = child_runs(uri, experiment_id, parent_run_id)
-    todo = [cell for cell in cells if cell.config_hash not in existing]
-    if sqlite_path(uri) is not None or len(todo) < 2:
-        made = [_create_child(uri, experiment_id, parent_run_id, cell) for cell in todo]
+
+    def one(cell: NewChild) -> ChildRun:
+        return _ensure_child(uri, experiment_id, parent_run_id, cell, existing)
+
+    if sqlite_path(uri) is not None or len(cells) < 2:
+        made = [one(cell) for cell in cells]
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            made = list(pool.map(lambda cell: _create_child(uri, experiment_id, parent_run_id, cell), todo))
-    return {**existing, **{cell.config_hash: child for cell, child in zip(todo, made, strict=True)}}
+            made = list(pool.map(one, cells))
+    return {cell.config_hash: child for cell, child in zip(cells, made, strict=True)}
 
 
-def close_parent_if_done(uri: str, child_run_id: str) -> str | None:
-    """End the sweep's parent run once none of its children is SCHEDULED or RUNNING: FINISHED when every child
-    finished, FAILED otherwise. Each child calls this after ending itself, so the last one to end closes it.
-    Returns the parent's new status, or None when children are still going."""
-    client = open_client(uri)
-    child = client.get_run(child_run_id)
-    parent_id = child.data.tags.get("mlflow.parentRunId")
-    if not parent_id:
+def child_dirs(folder: Path) -> list[Path]:
+    """The run directories of a sweep that record an MLflow run (every grid the sweep has had)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name != PARENT_DIR and (p / RUN_FILE).is_file())
+
+
+def update_parent(uri: str, folder: Path) -> str | None:
+    """The sweep's parent record from its children's records, then mirrored: each ``cost/…`` hours metric summed
+    over the children (step = Unix seconds: the UI shows the newest), and the status: FINISHED once every child
+    finished, FAILED once none is left going but some did not finish, RUNNING while any is. Each child calls
+    this after ending itself, so the last one to end closes it. Returns the parent's status."""
+    record = folder / PARENT_DIR
+    if read_run_id(record) is None:
         return None
-    statuses = [c.status for c in child_runs(uri, child.info.experiment_id, parent_id).values()]
-    if not statuses or any(status not in TERMINAL for status in statuses):
-        return None
-    status = "FINISHED" if all(status == "FINISHED" for status in statuses) else "FAILED"
-    client.set_terminated(parent_id, status)
+    children = child_dirs(folder)
+    sums = {COST_WALL_HOURS: 0.0, COST_DEVICE_HOURS: 0.0}
+    for run_dir in children:
+        for key, value in (usage_metrics(run_dir) or {}).items():
+            if key in sums:
+                sums[key] += value
+    append_points(record, sums, int(time.time()))
+    statuses = [(read_status(d) or {}).get("status") for d in children]
+    status = "RUNNING"
+    if statuses and all(s in TERMINAL for s in statuses):
+        status = "FINISHED" if all(s == "FINISHED" for s in statuses) else "FAILED"
+    if (read_status(record) or {}).get("status", "RUNNING") != status:
+        write_status(record, status)
+    mirror_run(uri, record)
     return status
-
-
-def sum_child_costs(uri: str, child_run_id: str) -> dict[str, float] | None:
-    """The sweep's cost so far on its parent run: each ``cost/…`` hours metric summed over the children (their
-    latest values), logged again at step 0 (the UI shows the newest point). Returns the sums, or None for a run
-    without a parent."""
-    client = open_client(uri)
-    child = client.get_run(child_run_id)
-    parent_id = child.data.tags.get("mlflow.parentRunId")
-    if not parent_id:
-        return None
-    children = child_runs(uri, child.info.experiment_id, parent_id).values()
-    sums = {key: sum(c.metrics.get(key, 0.0) for c in children) for key in (COST_WALL_HOURS, COST_DEVICE_HOURS)}
-    now = int(time.time() * 1000)
-    client.log_batch(parent_id, metrics=[Metric(key, value, now, 0) for key, value in sums.items()])
-    return sums
-
-
-def reopen_parent(uri: str, parent_run_id: str) -> None:
-    """A resubmission puts an ended parent run back to RUNNING (its children are about to run again)."""
-    client = open_client(uri)
-    if client.get_run(parent_run_id).info.status in TERMINAL:
-        client.update_run(parent_run_id, status="RUNNING")
 
 
 def sweep_axes(uri: str, experiment: str, sweep: str | None = None) -> dict[str, list]:

@@ -13,7 +13,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from experiments.errors import ExperimentsError
 from experiments.store.client import open_client, store_lock
-from experiments.store.uri import sqlite_path
+from experiments.store.uri import redact, sqlite_path
 from experiments.store.views import experiment_view_tags
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
@@ -109,6 +109,8 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
     that open it in MLflow's runs view, with the preset columns (views.py)."""
     client = open_client(uri, create=True)
     experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise ExperimentsError(deleted_experiment_line(uri, name, experiment.experiment_id))
     if experiment is not None:
         return experiment.experiment_id
     if artifact_location is None and (db := sqlite_path(uri)) is not None:
@@ -120,6 +122,14 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def deleted_experiment_line(uri: str, name: str, experiment_id: str) -> str:
+    return (
+        f"MLflow experiment {name!r} (id {experiment_id}) is deleted in {redact(uri)}: restore it with its runs "
+        f"(`mlflow experiments restore --experiment-id {experiment_id}`), or rebuild into another store "
+        "(`experiments sync SPEC --rebuild --tracking-uri NEW`)"
+    )
 
 
 def find_experiment(uri: str, name: str) -> str | None:

@@ -146,7 +146,7 @@ def test_a_signal_to_the_cli_checkpoints_and_resumes_exactly(
     assert proc.returncode == 3, err
     stopped_at = load_checkpoint(tmp_path / "checkpoint.pt")["iteration"]
     assert 1 <= stopped_at < 6
-    assert json.loads((tmp_path / "tags.json").read_text())["status"] == "KILLED"
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "KILLED"
     if signum != signal.SIGTERM:  # what follows a checkpointed stop does not depend on the signal: checked once
         assert "Traceback" not in err and "optimizer" in load_checkpoint(tmp_path / "checkpoint.pt")
         return
@@ -154,7 +154,7 @@ def test_a_signal_to_the_cli_checkpoints_and_resumes_exactly(
     assert again.returncode == 0, again.stderr
     assert "val mIoU" in again.stdout
     _assert_bit_identical(_weights(reference), _weights(tmp_path))
-    assert json.loads((tmp_path / "tags.json").read_text())["status"] == "FINISHED"
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "FINISHED"
     assert _steps(tmp_path, "train/loss") == list(range(1, 7))
 
 
@@ -194,9 +194,7 @@ def test_nan_loss_stops_naming_the_iteration(tiny_data: Path, tmp_path: Path) ->
     tracker = JsonlTracker(tmp_path)
     with pytest.raises(TrainingDiverged, match=r"training diverged at iteration \d+: loss is (nan|inf)"):
         train(cfg, tmp_path, tracker)
-    assert "status" not in json.loads(
-        (tmp_path / "tags.json").read_text() if (tmp_path / "tags.json").exists() else "{}"
-    )
+    assert not (tmp_path / "status.json").exists()
 
 
 def test_a_finished_runs_checkpoint_holds_the_weights_without_the_optimizer(reference: Path) -> None:

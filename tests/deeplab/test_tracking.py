@@ -38,7 +38,7 @@ def test_resume_skips_steps_already_written(tmp_path: Path) -> None:
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in lines if line.startswith('{"key": "train/loss", "value"')]
     assert steps == list(range(1, 9))
-    assert json.loads((tmp_path / "tags.json").read_text())["status"] == "FINISHED"
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "FINISHED"
 
 
 def test_params_tags_and_artifacts(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
 """Runs are never left SCHEDULED/RUNNING by jobs that are gone, and a store that disappears mid-sweep is neither
-recreated nor written into by mistake: the job trains on and spools; status, sync and sweep say what happened."""
+recreated nor written into by mistake: the job trains on into its run directory; status, sync and sweep say what
+happened, and sync mirrors the run directory when the store is back."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,19 +15,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tiny import TINY
 
 from deeplab.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from deeplab.config import config_hash, to_dict
+from deeplab.tracking import METRICS_FILE, STATUS_FILE, JsonlTracker
 from experiments.cli import sync
 from experiments.errors import ExperimentsError
 from experiments.jobs import JobRecord, read_job, write_job
-from experiments.mlflow_tracker import SPOOL_NAME, MlflowTracker
-from experiments.spec import RunSpec, expand_grid, load_spec
+from experiments.spec import RunSpec, load_spec
 from experiments.status import status_report
-from experiments.store import set_status
+from experiments.store import set_run_status
 from experiments.sweep import plan, submit
 
 SMALL = {
@@ -71,17 +72,17 @@ def _checkpoint(run: RunSpec, iteration: int, finished: bool) -> None:
 def test_runs_left_going_by_dead_jobs_are_reconciled_from_their_run_dirs(tiny_data: Path, tmp_path: Path) -> None:
     spec = load_spec(_spec(tmp_path, tiny_data, {"train.seed": [0, 1, 2, 3, 4]}, **{"train.iterations": 6}))
     uri = spec.tracking_uri
-    finished, unfinished, spooled, alive, unsubmitted = planned = plan(spec, uri, dry_run=False)
-    for p in planned[:4]:
-        p.run.run_dir.mkdir(parents=True)
+    finished, unfinished, spooled, alive, unsubmitted = plan(spec, uri, dry_run=False)
     for p in (finished, unfinished, spooled):  # their jobs started, then died without a word
-        set_status(uri, p.child.run_id, "RUNNING")
+        set_run_status(uri, p.run.run_dir, "RUNNING")
         _dead_job(p.run, p.child.run_id)
     _checkpoint(finished.run, 6, finished=True)
     _checkpoint(unfinished.run, 3, finished=False)
     _checkpoint(spooled.run, 6, finished=True)
-    tracker = MlflowTracker(uri, spooled.child.run_id, spool_dir=spooled.run.run_dir)  # the store was away at the end
-    tracker._append_spool([Metric("train/loss", 1.0 / s, 1000 + s, s) for s in range(1, 7)], [{"status": "FINISHED"}])
+    record = JsonlTracker(spooled.run.run_dir)  # the store was away at the end: the record has it, MLflow not
+    for step in range(1, 7):
+        record.log_metrics({"train/loss": 1.0 / step}, step)
+    record.close("FINISHED")
     write_job(alive.run.run_dir, JobRecord.local("local", str(os.getpid()), alive.child.run_id, os.getpid()))
 
     notes, rows = status_report(spec)
@@ -91,7 +92,7 @@ def test_runs_left_going_by_dead_jobs_are_reconciled_from_their_run_dirs(tiny_da
         f"reconciled {unfinished.run.name}: was RUNNING, its local job {read_job(unfinished.run.run_dir).job_id} on "
         f"{os.uname().nodename} has ended at iteration 3/6: FAILED",
         f"reconciled {spooled.run.name}: was RUNNING, its local job {read_job(spooled.run.run_dir).job_id} on "
-        f"{os.uname().nodename} has ended; its spool ended it FINISHED (6 spooled points replayed)",
+        f"{os.uname().nodename} has ended; its run directory ended it FINISHED (6 points mirrored)",
         f"reconciled {unsubmitted.run.name}: was SCHEDULED, never submitted (the command that created it stopped "
         "first): KILLED",
     ]
@@ -100,7 +101,6 @@ def test_runs_left_going_by_dead_jobs_are_reconciled_from_their_run_dirs(tiny_da
     reason = client.get_run(unfinished.child.run_id).data.tags["failure_reason"]
     assert reason.endswith("has ended at iteration 3/6; `experiments sweep` resumes it")
     assert sorted(m.step for m in client.get_metric_history(spooled.child.run_id, "train/loss")) == [1, 2, 3, 4, 5, 6]
-    assert not (spooled.run.run_dir / SPOOL_NAME).exists()
     parent = finished.child.tags["mlflow.parentRunId"]
     assert client.get_run(parent).info.status == "RUNNING"  # one child is still going
 
@@ -140,8 +140,8 @@ def test_a_store_deleted_mid_sweep_is_not_recreated_and_comes_back_whole(tiny_da
     [run_dir] = [p.parent for p in (tmp_path / "runs" / spec.name).glob("*/config.yaml")]
     logs = "".join(p.read_text() for p in (tmp_path / "runs" / spec.name / ".submitit").glob("*_log.err"))
     assert f"tracking: tracking store {db} has disappeared (deleted or moved?); it is not recreated" in logs
-    spool = (run_dir / SPOOL_NAME).read_text()
-    assert '"event": {"status": "FINISHED"}' in spool and spool.count('"key": "train/loss"') > 0
+    assert json.loads((run_dir / STATUS_FILE).read_text())["status"] == "FINISHED"  # the record has it all
+    assert (run_dir / METRICS_FILE).read_text().count('"key": "train/loss"') == iterations
 
     for call in (lambda: status_report(spec), lambda: sync(spec)):  # a clear line, and no empty store made
         with pytest.raises(ExperimentsError, match=f"^tracking store {db} does not exist"):
@@ -151,19 +151,22 @@ def test_a_store_deleted_mid_sweep_is_not_recreated_and_comes_back_whole(tiny_da
         submit(spec, "local")
     assert not db.exists()
 
-    # another store where the old one was, the same sweep planned in it (another process: this one never opens it)
-    impostor = "from experiments.spec import load_spec; from experiments.sweep import plan; from experiments.cli "
-    impostor += "import main; import sys; s = load_spec(sys.argv[1]); plan(s, s.tracking_uri, dry_run=False); "
-    impostor += "sys.exit(main(['sync', sys.argv[1]]))"
-    out = subprocess.run([sys.executable, "-c", impostor, str(path)], capture_output=True, text=True, timeout=300)
+    # another store where the old one was (another process: this one never opens it): sync mirrors nothing into it
+    impostor = "from experiments.store import ensure_experiment; from experiments.cli import main; import sys; "
+    impostor += "ensure_experiment(sys.argv[2], 'other'); sys.exit(main(['sync', sys.argv[1]]))"
+    out = subprocess.run(
+        [sys.executable, "-c", impostor, str(path), spec.tracking_uri], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 2, out.stderr[-2000:]
-    refusal = "does not hold (a replaced or recreated store?); nothing was written, its spool stays"
+    refusal = (
+        "(another or a lost store?): `experiments sync SPEC --rebuild` makes the runs again from the run directories"
+    )
     assert out.stderr.strip().splitlines()[-1].endswith(refusal), out.stderr[-2000:]
     db.unlink()
-    shutil.move(away, db)  # the store comes back: sync sends what the job spooled meanwhile
+    shutil.move(away, db)  # the store comes back: sync mirrors what the job recorded meanwhile
     (synced, _), run_id = sync(spec), read_job(run_dir).run_id
-    assert [(name, rid) for name, rid, _ in synced] == [(expand_grid(spec)[0].name, run_id)]
+    assert [(name, done.run_id) for name, done in synced][1:] == [(run_dir.name, run_id)]
+    assert synced[0][0] == "parent" and synced[0][1].status == "FINISHED"  # the parent's end, recorded meanwhile
     client = MlflowClient(spec.tracking_uri)
     assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == list(range(1, iterations + 1))
     assert client.get_run(run_id).info.status == "FINISHED"
-    assert not (run_dir / SPOOL_NAME).exists()

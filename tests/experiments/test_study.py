@@ -10,22 +10,20 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tiny import REPO, TINY
 
-from deeplab.tracking import VAL_MIOU
+from deeplab.tracking import VAL_MIOU, JsonlTracker
 from experiments.errors import ExperimentsError
 from experiments.jobs import JOB_ID_FILE
 from experiments.spec import SweepSpec, load_spec
 from experiments.status import status_report
-from experiments.store import child_runs, find_experiment, parent_run, set_status
+from experiments.store import child_runs, find_experiment, mirror_run, parent_run, set_status
 from experiments.study import (
     CANCELLED_TAG,
     DECISION_TAG,
@@ -67,14 +65,15 @@ def _children(spec: SweepSpec) -> dict[tuple[str, int], object]:
 def _finish(spec: SweepSpec, seeds: range, r101: list[float], status: dict[tuple[str, int], str] | None = None) -> None:
     """What the seeds' jobs would leave: each run FINISHED with its final val mIoU (or the state in ``status``)."""
     planned = plan(with_seeds(spec, seeds.stop), spec.tracking_uri, dry_run=False)
-    client = MlflowClient(spec.tracking_uri)
     for p in planned:
         backbone, seed = p.run.config.model.backbone, p.run.config.train.seed
         if seed not in seeds:
             continue
         value = (r101 if backbone == "resnet101" else R50)[seed]
-        client.log_batch(p.child.run_id, metrics=[Metric(VAL_MIOU, value, int(time.time() * 1000), 6)])
-        set_status(spec.tracking_uri, p.child.run_id, (status or {}).get((backbone, seed), "FINISHED"))
+        record = JsonlTracker(p.run.run_dir)  # the job's record, then its mirror
+        record.log_metrics({VAL_MIOU: value}, 6)
+        record.close((status or {}).get((backbone, seed), "FINISHED"))
+        mirror_run(spec.tracking_uri, p.run.run_dir)
         (p.run.run_dir / JOB_ID_FILE).unlink(missing_ok=True)  # its job has ended
 
 
