@@ -3,6 +3,7 @@ grid through SLURM."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ from mlflow.tracking import MlflowClient
 from tiny import REPO, tiny_config
 
 from deeplab.engine import train
+from deeplab.tracking import METRICS_FILE
 from experiments.errors import ExperimentsError
-from experiments.mlflow_tracker import SPOOL_NAME, MlflowTracker
+from experiments.mlflow_tracker import MlflowTracker
 from experiments.server import free_port, start_server, stop_server
 from experiments.spec import load_spec
 from experiments.status import status_rows
@@ -173,15 +175,16 @@ def test_sixteen_runs_through_slurm_lose_nothing(slurm_cluster: Any, tiny_data: 
 @pytest.mark.slow
 def test_tracking_server_stopped_mid_training_then_restarted(tiny_data: Path, tmp_path: Path) -> None:
     """A real training run against `mlflow server`: the server is stopped at iteration 8 and started again (same
-    port, same store) at iteration 20. Training never stops; the points of the outage go to the run's spool and
-    are replayed; the history ends with every step exactly once."""
+    port, same store) at iteration 20. Training never stops; the points of the outage wait in the run directory and
+    are mirrored when the server is back; the history ends with every step exactly once."""
     backend, artifacts = f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "artifacts"
     eid = ensure_experiment(backend, "outage")
-    parent = ensure_parent_run(backend, eid, "outage", {}, {})
-    run_id = ensure_child_runs(backend, eid, parent, [NewChild("h0", "r50-outage", {}, {})])["h0"].run_id
+    parent = ensure_parent_run(backend, eid, "outage", {}, {}, folder=tmp_path / "runs")
+    run_dir = tmp_path / "runs" / "h0"
+    run_id = ensure_child_runs(backend, eid, parent, [NewChild("h0", "r50-outage", {}, {}, run_dir)])["h0"].run_id
     port = free_port()
     server = start_server(backend, artifacts, port=port)
-    uri, run_dir = f"http://127.0.0.1:{port}", tmp_path / "run"
+    uri = f"http://127.0.0.1:{port}"
     seen: dict[str, int] = {}
 
     def on_iteration(iteration: int) -> None:
@@ -190,14 +193,14 @@ def test_tracking_server_stopped_mid_training_then_restarted(tiny_data: Path, tm
             stop_server(server)
             seen["down_at"] = iteration
         elif iteration == 20:
-            spool = run_dir / SPOOL_NAME
-            seen["spooled"] = len(spool.read_text().splitlines()) if spool.exists() else 0
+            recorded = len((run_dir / METRICS_FILE).read_text().splitlines())
+            seen["waiting"] = recorded - sum(len(MlflowClient(backend).get_metric_history(run_id, k)) for k in
+                                             {json.loads(x)["key"] for x in (run_dir / METRICS_FILE).open()})  # fmt: skip
             server = start_server(backend, artifacts, port=port)
             seen["up_at"] = iteration
 
     try:
-        tracker = MlflowTracker(uri, run_id, spool_dir=run_dir, retry_interval_s=5.0)
-        tracker.start()
+        tracker = MlflowTracker(uri, run_id, run_dir=run_dir, retry_interval_s=5.0)
         cfg = tiny_config(tiny_data, **{"train.iterations": 30, "train.eval_every": 10, "train.checkpoint_every": 5})
         result = train(cfg, run_dir, tracker, progress="lines", on_iteration=on_iteration)
         tracker.close("FINISHED")
@@ -207,10 +210,9 @@ def test_tracking_server_stopped_mid_training_then_restarted(tiny_data: Path, tm
     lost = 30 - len(set(_steps(client, run_id, "train/loss")))
     print(
         f"tracking outage drill: server down iterations {seen['down_at']}..{seen['up_at']}, "
-        f"{seen['spooled']} points spooled, training {result.status}, {lost} points lost"
+        f"{seen['waiting']} points waited in the run directory, training {result.status}, {lost} points lost"
     )
-    assert result.status == "finished" and seen["spooled"] > 0
+    assert result.status == "finished" and seen["waiting"] > 0
     assert _steps(client, run_id, "train/loss") == list(range(1, 31))
     assert _steps(client, run_id, "val/mIoU") == [10, 20, 30]
-    assert not (run_dir / SPOOL_NAME).exists()
     assert client.get_run(run_id).info.status == "FINISHED"

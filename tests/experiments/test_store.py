@@ -17,25 +17,26 @@ from experiments.store import (
     axis_tags,
     axis_value,
     child_runs,
-    close_parent_if_done,
-    ensure_child_run,
     ensure_child_runs,
     ensure_experiment,
     ensure_parent_run,
     find_experiment,
     log_artifact,
-    mark_run,
     metric_histories,
     record_run,
-    reopen_parent,
+    set_run_status,
     sweep_axes,
+    update_parent,
 )
 
 PARAMS = {f"section.key{i}": i for i in range(120)} | {"data.root": "/x" * 10, "model.backbone": "resnet50"}
 
 
-def _cells(n: int) -> list[NewChild]:
-    return [NewChild(f"h{i:03d}", f"run{i}", PARAMS | {"train.seed": i}, {"sweep.name": "s"}) for i in range(n)]
+def _cells(n: int, folder: Path) -> list[NewChild]:
+    return [
+        NewChild(f"h{i:03d}", f"run{i}", PARAMS | {"train.seed": i}, {"sweep.name": "s"}, folder / f"h{i:03d}")
+        for i in range(n)
+    ]
 
 
 def _view(uri: str, run_id: str) -> tuple:
@@ -44,10 +45,10 @@ def _view(uri: str, run_id: str) -> tuple:
     return run.info.status, run.info.run_name, run.data.params, sorted(tags)
 
 
-def _check_same_as_one_by_one(uri: str) -> None:
+def _check_same_as_one_by_one(uri: str, folder: Path) -> None:
     eid = ensure_experiment(uri, "bulk")
-    parent = ensure_parent_run(uri, eid, "bulk", {}, {})
-    cells = _cells(6)
+    parent = ensure_parent_run(uri, eid, "bulk", {}, {}, folder=folder / "bulk")
+    cells = _cells(6, folder / "bulk")
     first = ensure_child_runs(uri, eid, parent, cells[:2])  # a partial sweep, then the whole grid
     made = ensure_child_runs(uri, eid, parent, cells)
     assert {h: c.run_id for h, c in first.items()} == {h: made[h].run_id for h in first}
@@ -56,9 +57,9 @@ def _check_same_as_one_by_one(uri: str) -> None:
     assert len(MlflowClient(uri).search_runs([eid], "tags.`sweep.name` = 's'")) == len(cells)
 
     other = ensure_experiment(uri, "one_by_one")
-    other_parent = ensure_parent_run(uri, other, "one_by_one", {}, {})
-    for cell in cells:
-        single = ensure_child_run(uri, other, other_parent, cell.config_hash, cell.run_name, cell.params, cell.tags)
+    other_parent = ensure_parent_run(uri, other, "one_by_one", {}, {}, folder=folder / "one")
+    for cell in _cells(6, folder / "one"):
+        single = ensure_child_runs(uri, other, other_parent, [cell])[cell.config_hash]
         bulk = made[cell.config_hash]
         assert bulk.status == single.status == "SCHEDULED"
         status, name, params, tags = _view(uri, bulk.run_id)
@@ -67,33 +68,34 @@ def _check_same_as_one_by_one(uri: str) -> None:
 
 
 def test_bulk_children_on_sqlite_match_one_by_one(tmp_path: Path) -> None:
-    _check_same_as_one_by_one(f"sqlite:///{tmp_path / 'm.db'}")
+    _check_same_as_one_by_one(f"sqlite:///{tmp_path / 'm.db'}", tmp_path)
 
 
 @pytest.mark.slow
 def test_bulk_children_on_a_tracking_server_match_one_by_one(tmp_path: Path) -> None:
     with running_server(f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "artifacts") as uri:
-        _check_same_as_one_by_one(uri)
+        _check_same_as_one_by_one(uri, tmp_path)
 
 
 def test_last_child_to_end_closes_the_parent_and_a_resubmission_reopens_it(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    uri, folder = f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "runs"
     eid = ensure_experiment(uri, "parent")
-    parent = ensure_parent_run(uri, eid, "parent", {}, {})
+    parent = ensure_parent_run(uri, eid, "parent", {}, {}, folder=folder)
     client = MlflowClient(uri)
-    children = [c.run_id for c in ensure_child_runs(uri, eid, parent, _cells(3)).values()]
-    for run_id in children[:2]:
-        mark_run(uri, run_id, "FINISHED")
-        assert close_parent_if_done(uri, run_id) is None
+    cells = _cells(3, folder)
+    ensure_child_runs(uri, eid, parent, cells)
+    for cell in cells[:2]:
+        set_run_status(uri, cell.run_dir, "FINISHED")
+        assert update_parent(uri, folder) == "RUNNING"
     assert client.get_run(parent).info.status == "RUNNING"
-    mark_run(uri, children[2], "FAILED", "training diverged")
-    assert close_parent_if_done(uri, children[2]) == "FAILED"
+    set_run_status(uri, cells[2].run_dir, "FAILED", "training diverged")
+    assert update_parent(uri, folder) == "FAILED"
     assert client.get_run(parent).info.status == "FAILED"
-    reopen_parent(uri, parent)
+    set_run_status(uri, cells[2].run_dir, "SCHEDULED")  # resubmitted
+    assert update_parent(uri, folder) == "RUNNING"
     assert client.get_run(parent).info.status == "RUNNING"
-    for run_id in children:
-        mark_run(uri, run_id, "FINISHED")
-    assert close_parent_if_done(uri, children[0]) == "FINISHED"
+    set_run_status(uri, cells[2].run_dir, "FINISHED")
+    assert update_parent(uri, folder) == "FINISHED"
     assert client.get_run(parent).info.status == "FINISHED"
 
 
@@ -145,8 +147,11 @@ def test_the_parent_run_keeps_every_grid_axis_and_children_carry_short_tags(shar
     uri = shared_uri
     eid = ensure_experiment(uri, "axes")
     grid = {"model.backbone": ["resnet50", "resnet101"], "train.seed": [0, 1], "data.crop_size": [[32, 64]]}
-    parent = ensure_parent_run(uri, eid, "axes", tags={"git.dirty": ""}, grid=grid)
-    assert ensure_parent_run(uri, eid, "axes", grid={"train.seed": [2, 1], "train.iterations": [6]}) == parent
+    parent = ensure_parent_run(uri, eid, "axes", tags={"git.dirty": ""}, folder=tmp_path / "runs", grid=grid)
+    again = ensure_parent_run(
+        uri, eid, "axes", folder=tmp_path / "runs", grid={"train.seed": [2, 1], "train.iterations": [6]}
+    )
+    assert again == parent
     assert sweep_axes(uri, "axes") == {
         "model.backbone": ["resnet50", "resnet101"],
         "train.seed": [0, 1, 2],  # seeds added by a later sweep join the earlier ones

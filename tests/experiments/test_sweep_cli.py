@@ -1,5 +1,5 @@
 """`python -m experiments sweep` refuses bad input in one line naming the culprit, before anything is created or
-submitted; `--dry-run` only prints; `sync` replays tracking spools into their MLflow runs."""
+submitted; `--dry-run` only prints; `sync` mirrors run directories into their MLflow runs."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 import yaml
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tiny import TINY
 
 from deeplab.checkpoint import load_checkpoint
-from experiments.mlflow_tracker import SPOOL_NAME, MlflowTracker
+from deeplab.tracking import JsonlTracker
 from experiments.spec import load_spec
 from experiments.sweep import plan
 
@@ -143,61 +142,65 @@ def test_bad_input_for_the_slurm_executor_submits_no_job(slurm_cluster: LocalClu
     _assert_nothing_created(tmp_path)
 
 
-def test_sync_replays_spools_into_their_runs(tmp_path: Path) -> None:
+def test_sync_mirrors_run_directories_into_their_runs(tmp_path: Path) -> None:
     spec_path = _spec(tmp_path)
     spec = load_spec(spec_path)
     uri = spec.tracking_uri
     planned = plan(spec, uri, dry_run=False)  # the parent and child runs, as `sweep` creates them before submitting
-    spooled = planned[:2]
-    for i, p in enumerate(spooled):  # points written while the server was away (the tracker's own spool writer)
-        p.run.run_dir.mkdir(parents=True)
-        tracker = MlflowTracker(uri, p.child.run_id, spool_dir=p.run.run_dir)
-        tracker._append_spool([Metric("train/loss", 1.0 / step + i, 1000 + step, step) for step in range(1, 6)])
-    untouched = planned[2].run.run_dir
-    untouched.mkdir(parents=True)
+    written = planned[:2]
+    for i, p in enumerate(written):  # points a job recorded while the server was away
+        record = JsonlTracker(p.run.run_dir)
+        for step in range(1, 6):
+            record.log_metrics({"train/loss": 1.0 / step + i}, step)
+        record.flush()
 
     unreachable = _cli("sync", str(spec_path), "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)
     assert unreachable.returncode == 2
     assert "tracking URI http://127.0.0.1:9 does not answer" in _error_line(unreachable)
-    assert all((p.run.run_dir / SPOOL_NAME).exists() for p in spooled)  # kept for a later try
 
     out = _cli("sync", str(spec_path), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-800:]
     lines = out.stdout.splitlines()
-    assert lines[:2] == [f"synced 5 spooled points of {p.run.name} into run {p.child.run_id}" for p in spooled]
+    assert sorted(lines[:2]) == sorted(
+        f"synced {p.run.run_dir.name} into run {p.child.run_id}: 5 points, 0 params, 0 tags, 0 artifacts, 0 images"
+        for p in written
+    )
     # the runs were created but no job was ever submitted for them (a sweep that stopped first): not left SCHEDULED
     assert lines[2:] == [
         f"reconciled {p.run.name}: was SCHEDULED, never submitted (the command that created it stopped first): KILLED"
         for p in planned
     ]
     client = MlflowClient(uri)
-    for i, p in enumerate(spooled):
-        assert not (p.run.run_dir / SPOOL_NAME).exists()
+    for i, p in enumerate(written):
         history = sorted((m.step, m.value) for m in client.get_metric_history(p.child.run_id, "train/loss"))
         assert history == [(step, 1.0 / step + i) for step in range(1, 6)]
     assert client.get_metric_history(planned[2].child.run_id, "train/loss") == []
 
     again = _cli("sync", str(spec_path), cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.strip() == f"sweep {spec.name}: no spooled points to sync"
+    assert again.returncode == 0, again.stderr[-800:]
+    assert again.stdout.strip() == f"sweep {spec.name}: every run directory is mirrored already"
     assert {MlflowClient(uri).get_run(p.child.run_id).info.status for p in planned} == {"KILLED"}
-    assert all(len(client.get_metric_history(p.child.run_id, "train/loss")) == 5 for p in spooled)  # sent once
+    assert all(len(client.get_metric_history(p.child.run_id, "train/loss")) == 5 for p in written)  # sent once
 
 
-def test_sync_names_a_spool_without_its_run(tmp_path: Path) -> None:
+def test_a_run_deleted_in_mlflow_is_one_line_in_status_and_sync_with_the_way_back(tmp_path: Path) -> None:
     spec_path = _spec(tmp_path)
     spec = load_spec(spec_path)
     [first, *_] = plan(spec, spec.tracking_uri, dry_run=False)
-    stray = tmp_path / "runs" / spec.name / "0123456789ab"  # not a cell of this grid: never looked at
-    stray.mkdir(parents=True)
-    (stray / SPOOL_NAME).write_text("")
     client = MlflowClient(spec.tracking_uri)
-    client.delete_run(first.child.run_id)  # its run is gone from the store, its spool is not
-    first.run.run_dir.mkdir(parents=True)
-    (first.run.run_dir / SPOOL_NAME).write_text('{"key": "train/loss", "value": 1.0, "timestamp": 1, "step": 1}\n')
+    client.delete_run(first.child.run_id)  # deleted in the UI; its run directory is not
     out = _cli("sync", str(spec_path), cwd=tmp_path)
     assert out.returncode == 2
-    assert f"no MLflow run at {spec.tracking_uri} for the spool(s) in {first.run.run_dir}" in _error_line(out)
-    assert (first.run.run_dir / SPOOL_NAME).exists()
+    way = f"restore it (`mlflow runs restore --run-id {first.child.run_id}`), then `experiments sync SPEC`"
+    assert _error_line(out) == f"error: {first.run.run_dir}: its MLflow run {first.child.run_id} was deleted in " + (
+        f"{spec.tracking_uri}; {way}"
+    )
+    status = _cli("status", str(spec_path), cwd=tmp_path)
+    assert status.returncode == 0, status.stderr[-800:]
+    assert f"was deleted in {spec.tracking_uri}; {way} (1 run dir(s) so)" in status.stdout
+    assert f"{first.run.name:<28} SCHEDULED (not in MLflow)" in status.stdout
+    client.restore_run(first.child.run_id)
+    assert _cli("sync", str(spec_path), cwd=tmp_path).returncode == 0
 
 
 def test_cancel_stops_a_local_sweep_its_running_run_checkpoints_and_its_queued_run_never_starts(
