@@ -19,7 +19,8 @@ from torchvision.transforms import InterpolationMode
 from deeplab.config import DataConfig, load_config
 from deeplab.data.band_resize import pass_weights, resize_height, resize_width
 from deeplab.data.jitter import apply_lut, contrast_mean, jitter_float
-from deeplab.data.transforms import TrainTransform, _draw_jitter, _jitter, _normalize, seed_order_whole_frame
+from deeplab.data.normalize import Normalize, reference
+from deeplab.data.transforms import TrainTransform, _draw_jitter, _jitter, seed_order_whole_frame
 
 REPO_SEED_PRESET = "configs/cityscapes_r50_seed.yaml"
 
@@ -36,11 +37,14 @@ def _frame(h: int, w: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tens
 
 def _assert_same(cfg: DataConfig, image: torch.Tensor, mask: torch.Tensor, seed: int) -> None:
     whole_image, whole_mask = seed_order_whole_frame(cfg, image, mask, torch.Generator().manual_seed(seed))
-    whole = _normalize(whole_image, cfg.mean, cfg.std), whole_mask.long()
     window = TrainTransform(cfg)(image, mask, torch.Generator().manual_seed(seed))
     where = f"frame {tuple(image.shape)}, crop {cfg.crop_size}, scales {cfg.scales}, jitter {cfg.color_jitter}"
-    assert torch.equal(whole[0], window[0]), f"image differs: {where}, seed {seed}"
-    assert torch.equal(whole[1], window[1]), f"mask differs: {where}, seed {seed}"
+    assert window[0].dtype == window[1].dtype == torch.uint8, where
+    assert torch.equal(whole_image, window[0]), f"image differs: {where}, seed {seed}"
+    assert torch.equal(whole_mask, window[1]), f"mask differs: {where}, seed {seed}"
+    # as trained: the step's normalization of the window's sample is the whole frame's CPU normalization
+    normalized = Normalize(cfg.mean, cfg.std)(window[0][None])[0]
+    assert torch.equal(normalized, reference(whole_image, cfg.mean, cfg.std)), f"normalized differs: {where}"
 
 
 @pytest.mark.parametrize("case", range(6))
@@ -79,6 +83,8 @@ def test_jitter_float_equal_torchvisions_jitter() -> None:
         factors = _draw_jitter(jitter, torch.Generator().manual_seed(seed))
         mean = contrast_mean(image, factors[0]) if factors[1] is not None else None
         assert torch.equal(jitter_float(image, factors, mean), expected.float()), (tuple(image.shape), jitter, seed)
+        into_bytes = jitter_float(image, factors, mean, torch.empty_like(image), {})  # a finished sample: uint8
+        assert torch.equal(into_bytes, expected), (tuple(image.shape), jitter, seed)
 
 
 def test_band_passes_equal_torchs_resize_on_random_sizes_and_windows() -> None:
@@ -115,8 +121,9 @@ def test_window_order_equals_torchvisions_operations() -> None:
             crop, crop_mask = transform._scale_crop(image, mask, g)
             if float(torch.rand((), generator=g)) < cfg.hflip:
                 crop, crop_mask = crop.flip(-1), crop_mask.flip(-1)
-            expected = _normalize(_jitter(crop, cfg.color_jitter, g), cfg.mean, cfg.std), crop_mask.long()
+            expected = _jitter(crop, cfg.color_jitter, g), crop_mask
             got = transform(image, mask, torch.Generator().manual_seed(seed))
+            assert got[0].dtype == got[1].dtype == torch.uint8
             assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), (preset, seed)
 
 
