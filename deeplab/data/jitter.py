@@ -118,7 +118,9 @@ def jitter_float(
         if saturation is not None:  # TF.adjust_saturation: blend with the floored grey level, clamp, truncate
             r, g, b = rows.unbind(0)
             level = torch.mul(r, GREY[0], out=grey[:n]).add_(g, alpha=GREY[1]).add_(b, alpha=GREY[2])
-            rows.mul_(float(saturation)).add_(level.floor_(), alpha=1.0 - float(saturation)).clamp_(0, 255)
+            rows.mul_(float(saturation)).add_(level.floor_(), alpha=1.0 - float(saturation))
+            if saturation > 1:  # else a convex blend of values in [0, 255]: within [0, 256), truncated alike
+                rows.clamp_(0, 255)
             if not to_bytes:
                 rows.floor_()  # the truncation of torchvision's uint8 result (a cast to uint8 does it below)
         if to_bytes:

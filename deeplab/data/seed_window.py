@@ -124,4 +124,4 @@ def nearest_crop(
     if flip:
         cols = mask.shape[-1] - 1 - cols
     c0, c1 = int(cols.min()), int(cols.max()) + 1  # the rows' span the columns need only
-    return torch.from_numpy(mask.numpy()[:, c0:c1].take(rows.numpy(), 0).take(cols.numpy() - c0, 1))
+    return torch.from_numpy(mask.numpy()[:, c0:c1].take(rows.numpy(), 0)[:, cols.numpy() - c0])
