@@ -18,7 +18,7 @@ from torchvision.transforms import InterpolationMode
 from deeplab.config import DataConfig
 from deeplab.data.jitter import contrast_mean, jitter_float, scratch_buffer
 from deeplab.data.normalize import Normalize
-from deeplab.data.seed_window import input_window, nearest_crop, resize_crop_window, seed_stages
+from deeplab.data.seed_window import input_window, nearest_crop, plan, resize_crop_window, seed_stages
 from deeplab.labels import IGNORE_INDEX
 
 
@@ -125,15 +125,18 @@ class TrainTransform:
         top = left = 0
         if (out_h, out_w) != (ch, cw):
             left, top = int(_uniform(g, 0, 1) * (out_w - cw)), int(_uniform(g, 0, 1) * (out_h - ch))
-        (r0, r1), (c0, c1) = input_window(stages, top, left, crop)
+        steps = plan(stages, top, left, crop)
+        (r0, r1), (c0, c1) = input_window(steps, top, left, crop)
         mean = contrast_mean(image, bright, self.scratch) if contrast is not None else None
         window = image[:, r0:r1, w - c1 : w - c0].flip(-1) if flip else image[:, r0:r1, c0:c1]
         mask = nearest_crop(mask, stages, top, left, crop, flip)
         if not stages:  # the jittered window is the crop
             return jitter_float(window, factors, mean, torch.empty(window.shape, dtype=torch.uint8), self.scratch), mask
-        floats = scratch_buffer(self.scratch, "window", (3, r1 - r0, c1 - c0), torch.float32)
-        floats = jitter_float(window, factors, mean, floats, self.scratch)
-        return resize_crop_window(floats, stages, top, left, crop, self.scratch).to(torch.uint8), mask
+        # uint8 for torch's resize kernel, float for the band passes
+        dtype = torch.uint8 if steps[0].calls is not None else torch.float32
+        jittered = scratch_buffer(self.scratch, f"window_{dtype}", (3, r1 - r0, c1 - c0), dtype)
+        jittered = jitter_float(window, factors, mean, jittered, self.scratch)
+        return resize_crop_window(jittered, steps, top, left, crop, self.scratch), mask
 
     def __call__(
         self, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator | None

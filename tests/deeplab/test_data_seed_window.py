@@ -17,12 +17,23 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from deeplab.config import DataConfig, load_config
-from deeplab.data.band_resize import pass_weights, resize_height, resize_width
+from deeplab.data.band_resize import pass_weights, resize_height, resize_width, torch_resize, window_call
 from deeplab.data.jitter import apply_lut, contrast_mean, jitter_float
 from deeplab.data.normalize import Normalize, reference
+from deeplab.data.seed_window import plan, seed_stages
 from deeplab.data.transforms import TrainTransform, _draw_jitter, _jitter, seed_order_whole_frame
 
 REPO_SEED_PRESET = "configs/cityscapes_r50_seed.yaml"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As in a DataLoader worker: torch's parallel regions over small windows only wait on a loaded machine (2
+    threads on the 2 shared cores made this module 9x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _frame(h: int, w: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +82,11 @@ def test_window_equals_whole_frame_at_cityscapes_size_for_every_preset_scale() -
     for i, scale in enumerate(preset.scales):  # every scale of the preset, one generator each
         cfg = DataConfig(**{**preset.__dict__, "scales": (scale,)})
         _assert_same(cfg, image, mask, seed=i)
+        stages = seed_stages(1024, 2048, scale, preset.crop_size)
+        if stages:  # the fast path is the one taken: torch's kernel on the window for the first resize
+            out_h, out_w = stages[-1].size_out
+            for top, left in ((0, 0), (out_h - 768, out_w - 768), ((out_h - 768) // 3, (out_w - 768) // 2)):
+                assert plan(stages, top, left, preset.crop_size)[0].calls is not None, (scale, top, left)
 
 
 def test_jitter_float_equal_torchvisions_jitter() -> None:
@@ -107,6 +123,32 @@ def test_band_passes_equal_torchs_resize_on_random_sizes_and_windows() -> None:
         assert torch.equal(resize_width(window, n_in, n_out, first, (o0, o1)), expected[..., o0:o1].float())
         window, expected = window.transpose(1, 2).contiguous(), expected.transpose(1, 2)  # rows and columns swapped
         assert torch.equal(resize_height(window, n_in, n_out, first, (o0, o1)), expected[:, o0:o1].float())
+
+
+def test_window_calls_equal_torchs_resize_on_random_sizes_and_windows() -> None:
+    # torch's own kernel on an input window, where window_call finds one, gives the whole resize's kept outputs
+    rng, found = random.Random(8), 0
+    for _ in range(150):
+        n_in, n_out = rng.randint(2, 1200), rng.choice([rng.randint(1, 2400), 0])
+        n_out = n_out or n_in * rng.choice([1, 2, 3, 5, 7]) // rng.choice([1, 2, 4, 8])  # the preset's kind of ratio
+        if n_out < 1 or n_in == n_out:
+            continue
+        image = torch.randint(0, 256, (3, 2, n_in), dtype=torch.uint8, generator=torch.Generator().manual_seed(n_in))
+        if rng.random() < 0.2:
+            image.fill_(255)
+        o0 = rng.randrange(n_out)
+        o1 = rng.randint(o0 + 1, n_out)
+        call = window_call(n_in, n_out, (o0, o1))
+        if call is None:
+            continue
+        found += 1
+        assert call.a <= o0 and o1 <= call.b and 0 <= call.i0 < call.i1 <= n_in
+        expected = TF.resize(image, [2, n_out], InterpolationMode.BILINEAR, antialias=True)[..., o0:o1]
+        got = torch_resize(image[..., call.i0 : call.i1].contiguous(), window_call(2, 2, (0, 2)), call)
+        assert torch.equal(got[..., o0 - call.a : o1 - call.a], expected), (n_in, n_out, o0, o1)
+        rows = torch_resize(image.transpose(1, 2)[:, call.i0 : call.i1].contiguous(), call, window_call(2, 2, (0, 2)))
+        assert torch.equal(rows[:, o0 - call.a : o1 - call.a], expected.transpose(1, 2)), (n_in, n_out, o0, o1)
+    assert found > 40
 
 
 def test_window_order_equals_torchvisions_operations() -> None:
