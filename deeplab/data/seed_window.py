@@ -6,8 +6,9 @@ depends on is processed:
 - the colour jitter is per pixel but for contrast's mean, the one statistic of the whole frame
   (deeplab/data/jitter.py computes it, and the jitter of the window, to torchvision's bits);
 - torch's uint8 resize is separable (a width pass, then a height pass) integer arithmetic with weights fixed by
-  the input and output sizes alone: deeplab/data/band_resize.py computes just the outputs the next pass (and
-  finally the crop) reads, from the window's pixels, which cover every support those outputs have;
+  the input and output sizes alone: just the outputs the next stage (and finally the crop) reads are computed, from
+  the window's pixels, which cover every support those outputs have; by torch's own kernel on the window where
+  deeplab/data/band_resize.py's ``window_call`` proves the call gives them (``plan``), else by its band matmuls;
 - nearest (the masks) is a gather: its row and column indices are torch's own, from resizing an index ramp.
 tests/deeplab/test_data_seed_window.py pins the equality on random frames, scales and crops.
 """
