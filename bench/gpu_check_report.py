@@ -155,6 +155,14 @@ def _speed(report: dict) -> list[str]:
     return lines + [f"- {n}" for n in notes]
 
 
+def _yes_no(checks: dict | None) -> str:
+    """``{path: bool}`` → "yes" when every path's check held, else the paths where it did not."""
+    if not checks:
+        return "not checked"
+    failed = [path for path, ok in checks.items() if not ok]
+    return "yes" if not failed else "NO (" + ", ".join(failed) + ")"
+
+
 def _eval_and_data(report: dict) -> list[str]:
     lines, sizes = [], report["sizes"]
     per_image = _results(report, "eval").get("per_image", {})
@@ -185,6 +193,10 @@ def _eval_and_data(report: dict) -> list[str]:
         ]
         cached = data.get("cache_images_per_s", {})
         lines += [f"| {n} | {r:.1f} | {_f(cached.get(n), 4)} |" for n, r in data["images_per_s"].items()]
+        lines.append(
+            "\nBatches copied to the device and normalized there, as trained (uint8 from the workers). The device's "
+            f"normalization equals the CPU arithmetic bit for bit: {_yes_no(data.get('normalize_bit_equal'))}"
+        )
         for backbone, d in data.get("demand", {}).items():
             lines.append(
                 f"\n{backbone}: the fastest eager step consumes {d['images_per_s']:.1f} images/s per GPU; "

@@ -14,9 +14,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from deeplab.data.cache import build_cache
 from deeplab.data.loader import build_train_loader
+from deeplab.data.normalize import Normalize, reference
 from deeplab.evaluate import predict
 from deeplab.model import build_model
-from deeplab.step import LossWindow, TrainParts, agree, build_parts, train_step
+from deeplab.step import LossWindow, TrainParts, agree, build_parts, device_batch, train_step
 
 COMPILE_ON_CPU = "CPU smoke: inductor on CPU compiles C++ for minutes; the compiled path is a GPU question"
 
@@ -171,7 +172,9 @@ def make_data(root: Path, hw: tuple[int, int], images: int) -> None:
 
 def section_data(ctx: Ctx, data_root: Path) -> None:
     """Images/s that N workers deliver through the engine's loader (decode + seed augmentation), from the PNGs and
-    from the decoded cache (``deeplab data cache``), vs the demand."""
+    from the decoded cache (``deeplab data cache``), vs the demand: as trained, each uint8 batch copied to the
+    device and normalized there (``device_batch``, the step's own), whose result is checked against the CPU
+    arithmetic once per path (``normalize_bit_equal``)."""
     while not (data_root / "leftImg8bit").is_dir():  # synthesize() renames the finished dataset into place
         if ctx.left() < 5:
             raise TimeoutError(f"the synthetic frames at {data_root} were not ready in time")
@@ -179,17 +182,27 @@ def section_data(ctx: Ctx, data_root: Path) -> None:
     cache = data_root.parent / "cache"
     build_cache(data_root, "train", cache, progress="off")
     rates: dict[str, dict[int, float]] = {"png": {}, "cache": {}}
+    same: dict[str, bool] = {}
     for workers in ctx.sizes.workers:
         for path, extra in (("png", {}), ("cache", {"data.cache": str(cache)})):
             if ctx.left() < 3 + ctx.sizes.data_seconds:
                 break
             overrides = {"data.root": str(data_root), "data.num_workers": workers, **extra}
-            batches = build_train_loader(seed_config("resnet50", ctx.sizes, **overrides), 0, 1, 0)
-            next(batches)  # workers start, first batch
+            cfg = seed_config("resnet50", ctx.sizes, **overrides)
+            norm = Normalize(cfg.data.mean, cfg.data.std)
+            batches = build_train_loader(cfg, 0, 1, 0)
+            images, masks = next(batches)  # workers start, first batch
+            if path not in same:
+                on_device = device_batch(images, masks, ctx.device, norm, False)[0].cpu()
+                same[path] = images.dtype == torch.uint8 and torch.equal(
+                    on_device, reference(images, cfg.data.mean, cfg.data.std)
+                )
+                ctx.record("normalize_bit_equal", same)
             n, tick = 0, time.perf_counter()
             while time.perf_counter() - tick < ctx.sizes.data_seconds or n < 2 * workers:
-                next(batches)
+                device_batch(*next(batches), ctx.device, norm, False)
                 n += 1
+            ctx.sync()
             rates[path][workers] = n * ctx.sizes.batch / (time.perf_counter() - tick)
             del batches  # shuts the workers down
             ctx.record("images_per_s", rates["png"])

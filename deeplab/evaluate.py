@@ -101,9 +101,10 @@ def evaluate(
     indices = range(rank, len(dataset), world)
     for index in tqdm(indices, desc="eval", disable=not progress, leave=False):
         raw_image, raw_mask = dataset.load(index)
-        image, mask = transform(raw_image, raw_mask)
-        pred = predict(model, image[None].to(device), scales, flip, amp, align_corners).argmax(1)[0]
-        mat = metric.update(pred, mask.to(device))
+        # normalized on the device, as in training: the same table, the same bits on any device
+        image, mask = transform(raw_image[None].to(device), raw_mask.to(device))
+        pred = predict(model, image, scales, flip, amp, align_corners).argmax(1)[0]
+        mat = metric.update(pred, mask)
         if per_image:
             mine.append((index, mat.cpu().numpy()))
         if on_prediction is not None:

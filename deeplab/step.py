@@ -4,7 +4,8 @@
 it reads a value back to the host (OHEM included; fp16's GradScaler is the exception: torch reads ``found_inf``).
 ``agree`` is the step's one collective and its one host sync: it sums ``[stop requested, window loss]`` over ranks,
 which answers both "stop here?" and "did the loss turn NaN/inf?" in one round trip. The loss is summed on the device
-between logs (``LossWindow``) and becomes a host number through that same read.
+between logs (``LossWindow``) and becomes a host number through that same read. The loader's uint8 batch is
+normalized here, on the device after the copy (``device_batch``; deeplab/data/normalize.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from deeplab.config import Config
+from deeplab.data.normalize import Normalize
 from deeplab.distributed import DistInfo, is_distributed
 from deeplab.evaluate import autocast
 from deeplab.loss import build_loss
@@ -38,6 +40,7 @@ class TrainParts:
     device: torch.device
     amp: str
     channels_last: bool
+    normalize: Normalize  # the data config's mean and std, applied on the device
 
 
 def _wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
@@ -67,16 +70,37 @@ def build_parts(cfg: Config, info: DistInfo) -> TrainParts:
     ddp_model = _wrap_ddp(model, info.device) if info.world_size > 1 else model
     criterion = build_loss(cfg.loss).to(info.device)
     return TrainParts(
-        model, ddp_model, optimizer, scheduler, scaler, criterion, info.device, cfg.train.amp, cfg.train.channels_last
+        model,
+        ddp_model,
+        optimizer,
+        scheduler,
+        scaler,
+        criterion,
+        info.device,
+        cfg.train.amp,
+        cfg.train.channels_last,
+        Normalize(cfg.data.mean, cfg.data.std),
     )
 
 
-def train_step(parts: TrainParts, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Forward (autocast), fp32 loss, backward, SGD and schedule step; the loss stays on the device (detached)."""
-    images = images.to(parts.device, non_blocking=True)
-    masks = masks.to(parts.device, non_blocking=True)
-    if parts.channels_last:
+def device_batch(
+    images: torch.Tensor, masks: torch.Tensor, device: torch.device, normalize: Normalize, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loader batch on the device as the model takes it: uint8 images normalized there (a float batch is taken as
+    normalized already: benchmarks' synthetic batches), masks as int64."""
+    images = images.to(device, non_blocking=True)
+    masks = masks.to(device, non_blocking=True).long()
+    if images.dtype == torch.uint8:
+        images = normalize(images)
+    if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
+    return images, masks
+
+
+def train_step(parts: TrainParts, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Forward (autocast), fp32 loss, backward, SGD and schedule step; the loss stays on the device (detached).
+    ``images`` uint8 [b, 3, h, w] as the loader yields them (or a normalized float batch), ``masks`` [b, h, w]."""
+    images, masks = device_batch(images, masks, parts.device, parts.normalize, parts.channels_last)
     with autocast(parts.device, parts.amp):
         logits = parts.ddp_model(images)
     loss = parts.criterion(logits.float(), masks)

@@ -75,7 +75,9 @@ def test_cpu_smoke_runs_every_section_and_writes_the_table(tmp_path: Path) -> No
     assert set(results["data"]["images_per_s"]) == set(results["data"]["cache_images_per_s"]) == {"1", "2"}
     assert set(results["data"]["demand"]) == {"resnet50", "resnet101"}
     assert all("cache_num_workers" in d for d in results["data"]["demand"].values())
+    assert results["data"]["normalize_bit_equal"] == {"png": True, "cache": True}  # as trained: on the device
     table = (tmp_path / "gpu_check.md").read_text()
+    assert "normalization equals the CPU arithmetic bit for bit: yes" in table
     assert "## Train step per GPU" in table and "| resnet101 | bf16+channels_last |" in table
     assert "## Two processes: gloo on cpu, cpu" in table and "stopped at 2, resumed to 4" in table
     assert "| workers | PNG images/s | decoded cache images/s |" in table and "from the cache" in table

@@ -28,7 +28,11 @@ BLOCK = 32  # outputs per matmul: bands of larger blocks hold more zeros, smalle
 @functools.lru_cache(maxsize=64)
 def pass_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """ATen's (first input, number of inputs, integer weights [n_out, taps], precision) of one pass."""
-    scale = n_in / n_out
+    return _weights(n_in, n_out, n_in / n_out)
+
+
+def _weights(n_in: int, n_out: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``pass_weights`` with ATen's scale given: n_in / n_out, or 1 / the scale factor a call passes."""
     support = scale if scale >= 1.0 else 1.0  # bilinear: interp_size 2, support (2·0.5)·scale when downscaling
     taps = math.ceil(support) * 2 + 1
     center = scale * (np.arange(n_out, dtype=np.float64) + 0.5)
@@ -138,3 +142,66 @@ def resize_height(
     for c0, c1, mat, i0, i1 in _blocks(b, first, x.shape[1], keep):
         torch.matmul(mat.t().to(dtype), x[:, i0:i1], out=out[:, c0:c1])
     return _round(out, b)
+
+
+@dataclass(frozen=True)
+class WindowCall:
+    """torch's resize of inputs ``i0..i1`` to ``b - a`` outputs by ``factor`` (an explicit scale factor): its outputs
+    are outputs ``a..b`` of the whole pass, and those a ``window_call`` was asked for are the same, bit for bit."""
+
+    a: int
+    b: int
+    i0: int
+    i1: int
+    factor: float
+
+
+REACH = 48  # outputs a window call may compute before the kept ones, to start where the scale maps to a whole input
+
+
+def _factor(n_in: int, n_out: int) -> float | None:
+    """A scale factor that ATen turns back (``1.0 / factor``, in double) into the whole pass's n_in / n_out."""
+    want, f = n_in / n_out, n_out / n_in
+    return next((c for c in (f, math.nextafter(f, 0.0), math.nextafter(f, math.inf)) if 1.0 / c == want), None)
+
+
+@functools.lru_cache(maxsize=4096)
+def window_call(n_in: int, n_out: int, keep: tuple[int, int]) -> WindowCall | None:
+    """How torch's own uint8 resize (a fast integer kernel) computes outputs ``keep`` of the n_in → n_out pass
+    from an input window, or None when no window call gives them bit for bit.
+
+    Output o of the pass is centred on input (o + 0.5)·n_in/n_out; a call that starts at an output ``a`` whose
+    a·n_in/n_out is a whole input ``i0``, with the same scale passed explicitly, centres its outputs at the same
+    places shifted by i0, so it computes the same weights, away from its own edges. That is checked, not assumed:
+    ATen's weights of the call (``_weights``, its arithmetic) must equal the whole pass's for every kept output,
+    and so must the precision (set by the largest weight of all the call's outputs)."""
+    lo, hi = keep
+    if n_in == n_out:
+        return WindowCall(lo, hi, lo, hi, 1.0)
+    factor = _factor(n_in, n_out)
+    if factor is None:
+        return None
+    first, size, weights, precision = pass_weights(n_in, n_out)
+    taps = weights.shape[1]
+    period = n_out // math.gcd(n_in, n_out)  # outputs between those centred at a whole input offset
+    a = max(0, lo - taps) // period * period
+    b = min(n_out, hi + taps)
+    i0, i1 = a * n_in // n_out, int((first[a:b] + size[a:b]).max())
+    if lo - a > REACH or i1 - i0 == b - a:  # too far back; or torch would see no resize and copy
+        return None
+    call_first, call_size, call_weights, call_precision = _weights(i1 - i0, b - a, 1.0 / factor)
+    k0, k1 = lo - a, hi - a
+    same = (
+        call_precision == precision
+        and np.array_equal(call_first[k0:k1] + i0, first[lo:hi])
+        and np.array_equal(call_size[k0:k1], size[lo:hi])
+        and np.array_equal(call_weights[k0:k1], weights[lo:hi])
+    )
+    return WindowCall(a, b, i0, i1, factor) if same else None
+
+
+def torch_resize(x: torch.Tensor, rows: WindowCall, cols: WindowCall) -> torch.Tensor:
+    """torch's antialiased bilinear resize of a uint8 [channels, rows, cols] window as ``rows`` and ``cols`` say:
+    outputs rows.a..rows.b × cols.a..cols.b of the whole image's resize."""
+    size = [rows.b - rows.a, cols.b - cols.a]
+    return torch.ops.aten._upsample_bilinear2d_aa(x[None], size, False, rows.factor, cols.factor)[0]

@@ -1,9 +1,10 @@
 """CPU cost of a training sample by data path, and the CPU cores per GPU a run therefore needs.
 
 Figures: CPU seconds per sample on one core (torch at 1 thread, as in a DataLoader worker), full-size 2048×1024
-synthetic frames, 768² crops: ``python bench/bench_data.py --data D`` of 2026-12-03, load 2 on a shared 2-core
-machine (bench/README.md). The seed order is computed on the crop window (``TrainTransform``); on the whole frame
-it cost 0.171 s from PNG, 0.087 s cached.
+synthetic frames, 768² crops: ``python bench/bench_data.py --data D`` of 2026-12-03 21:30 UTC, load 1.3-2.6 on a
+shared 2-core machine (bench/README.md). A sample is the uint8 crop the loader yields (the training step normalizes
+it on the GPU). The seed order is computed on the crop window (``TrainTransform``); on the whole frame with the CPU
+normalization it cost 0.14-0.18 s from PNG, 0.06-0.11 s cached.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from dataclasses import replace
 from deeplab.config import DataConfig
 
 SAMPLE_CPU_S = {  # (source, augment_order) → CPU seconds per sample
-    ("png", "seed"): 0.099,
-    ("png", "window"): 0.088,
-    ("cache", "seed"): 0.022,
-    ("cache", "window"): 0.015,
+    ("png", "seed"): 0.087,
+    ("png", "window"): 0.079,
+    ("cache", "seed"): 0.012,
+    ("cache", "window"): 0.009,
 }
 FORK_V100_S_PER_IT = 0.82  # the seed fork: res50, 4 × 768² per GPU, 2 V100, fp32
 

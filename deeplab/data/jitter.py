@@ -96,20 +96,33 @@ def jitter_float(
     scratch: dict | None = None,
 ) -> torch.Tensor:
     """torchvision's brightness, contrast (toward ``mean``, the grey mean of the image it would see) and saturation
-    of a uint8 [3, H, W] image, by drawn ``factors`` (None: off), as float32 (into ``out`` when given) holding
-    the uint8 values torchvision gives."""
+    of a uint8 [3, H, W] image, by drawn ``factors`` (None: off), holding the uint8 values torchvision gives: as
+    float32 (the seed order resizes them next), or into ``out`` as uint8 when ``out`` is uint8 (a finished sample)."""
     bright, contrast, saturation = factors
     h, w = image.shape[-2:]
+    out = torch.empty(3, h, w) if out is None else out
+    to_bytes = out.dtype == torch.uint8
     if bright is not None or contrast is not None:
         lut = value_lut(bright, contrast, mean)
-        image = apply_lut(image, lut, scratch_buffer(scratch, "jitter", tuple(image.shape), torch.uint8))
-    out = torch.empty(3, h, w) if out is None else out
+        done = to_bytes and saturation is None  # the table's output is the sample
+        target = out if done else scratch_buffer(scratch, "jitter", tuple(image.shape), torch.uint8)
+        image = apply_lut(image, lut, target)
+    if to_bytes and saturation is None:
+        return out if image is out else out.copy_(image)
     step = _band_rows(w)
     grey = scratch_buffer(scratch, "saturation_grey", (step, w), torch.float32)
+    band = scratch_buffer(scratch, "saturation_rows", (3, step, w), torch.float32) if to_bytes else None
     for r0 in range(0, h, step):
-        rows = out[:, r0 : r0 + step].copy_(image[:, r0 : r0 + step])  # float ops beat mixed-dtype ones
+        n = min(step, h - r0)
+        rows = (band[:, :n] if to_bytes else out[:, r0 : r0 + n]).copy_(image[:, r0 : r0 + n])  # float ops beat mixed
         if saturation is not None:  # TF.adjust_saturation: blend with the floored grey level, clamp, truncate
             r, g, b = rows.unbind(0)
-            level = torch.mul(r, GREY[0], out=grey[: rows.shape[1]]).add_(g, alpha=GREY[1]).add_(b, alpha=GREY[2])
-            rows.mul_(float(saturation)).add_(level.floor_(), alpha=1.0 - float(saturation)).clamp_(0, 255).floor_()
+            level = torch.mul(r, GREY[0], out=grey[:n]).add_(g, alpha=GREY[1]).add_(b, alpha=GREY[2])
+            rows.mul_(float(saturation)).add_(level.floor_(), alpha=1.0 - float(saturation))
+            if saturation > 1:  # else a convex blend of values in [0, 255]: within [0, 256), truncated alike
+                rows.clamp_(0, 255)
+            if not to_bytes:
+                rows.floor_()  # the truncation of torchvision's uint8 result (a cast to uint8 does it below)
+        if to_bytes:
+            out[:, r0 : r0 + n].copy_(rows)
     return out

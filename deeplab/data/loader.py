@@ -71,7 +71,8 @@ def _ensure_data(cfg: Config) -> None:
 
 
 def build_train_loader(cfg: Config, rank: int, world_size: int, start_iteration: int) -> Iterator:
-    """An endless iterator of ``(images [b,3,h,w], masks [b,h,w])`` for this rank, from ``start_iteration``."""
+    """An endless iterator of ``(images [b,3,h,w], masks [b,h,w])``, both uint8, for this rank, from
+    ``start_iteration`` (the training step normalizes the images on the device: ``deeplab.step.device_batch``)."""
     _ensure_data(cfg)
     if cfg.data.cache:
         base = CachedSplit(cfg.data.cache, cfg.data.root, cfg.data.train_split)

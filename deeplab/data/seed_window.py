@@ -6,8 +6,9 @@ depends on is processed:
 - the colour jitter is per pixel but for contrast's mean, the one statistic of the whole frame
   (deeplab/data/jitter.py computes it, and the jitter of the window, to torchvision's bits);
 - torch's uint8 resize is separable (a width pass, then a height pass) integer arithmetic with weights fixed by
-  the input and output sizes alone: deeplab/data/band_resize.py computes just the outputs the next pass (and
-  finally the crop) reads, from the window's pixels, which cover every support those outputs have;
+  the input and output sizes alone: just the outputs the next stage (and finally the crop) reads are computed, from
+  the window's pixels, which cover every support those outputs have; by torch's own kernel on the window where
+  deeplab/data/band_resize.py's ``window_call`` proves the call gives them (``plan``), else by its band matmuls;
 - nearest (the masks) is a gather: its row and column indices are torch's own, from resizing an index ramp.
 tests/deeplab/test_data_seed_window.py pins the equality on random frames, scales and crops.
 """
@@ -22,7 +23,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from deeplab.data.band_resize import resize_height, resize_width
+from deeplab.data.band_resize import WindowCall, resize_height, resize_width, torch_resize, window_call
 from deeplab.data.jitter import scratch_buffer
 
 _MARGIN = 3  # input pixels beyond the support bound (torch rounds the support's ends to the nearest pixel)
@@ -61,26 +62,51 @@ def _needed(lo: int, hi: int, n_in: int, n_out: int) -> tuple[int, int]:
     return max(0, a), min(n_in, b)
 
 
-def _windows(stages: list[Stage], top: int, left: int, crop: tuple[int, int]) -> list[tuple[tuple[int, int], ...]]:
-    """(rows, cols) each stage's input must hold, first stage first; the last entry is the crop itself."""
+@dataclass(frozen=True)
+class Step:
+    """One stage as computed: its input window (rows, cols of the stage's input image) and how: torch's own resize
+    of the window (``calls``: rows, cols), or the band passes (None)."""
+
+    stage: Stage
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    calls: tuple[WindowCall, WindowCall] | None
+
+
+def plan(stages: list[Stage], top: int, left: int, crop: tuple[int, int]) -> list[Step]:
+    """Each stage's input window and method, first stage first, from the crop back: torch's resize of a window
+    where ``window_call`` finds one that gives the crop's outputs bit for bit (torch's integer kernel, several times
+    faster than the band matmuls), else the band passes on the window the outputs read."""
     rows, cols = (top, top + crop[0]), (left, left + crop[1])
-    windows = [(rows, cols)]
+    steps = []
     for stage in reversed(stages):
         (hi, wi), (ho, wo) = stage.size_in, stage.size_out
-        rows, cols = _needed(*rows, hi, ho), _needed(*cols, wi, wo)
-        windows.append((rows, cols))
-    return windows[::-1]
+        calls = window_call(hi, ho, rows), window_call(wi, wo, cols)
+        if calls[0] is not None and calls[1] is not None:
+            rows, cols = (calls[0].i0, calls[0].i1), (calls[1].i0, calls[1].i1)
+            steps.append(Step(stage, rows, cols, (calls[0], calls[1])))
+        else:
+            rows, cols = _needed(*rows, hi, ho), _needed(*cols, wi, wo)
+            steps.append(Step(stage, rows, cols, None))
+    return steps[::-1]
 
 
 def resize_crop_window(
-    window: torch.Tensor, stages: list[Stage], top: int, left: int, crop: tuple[int, int], scratch: dict | None = None
+    window: torch.Tensor, steps: list[Step], top: int, left: int, crop: tuple[int, int], scratch: dict | None = None
 ) -> torch.Tensor:
-    """The crop at (top, left) of the image the stages make, from ``window`` = the frame's ``input_window(...)``,
-    both float [channels, rows, cols] with uint8 values (scratch buffers: copy what is kept)."""
-    windows = _windows(stages, top, left, crop)
-    for i, stage in enumerate(stages):
-        (rows, cols), (next_rows, next_cols) = windows[i], windows[i + 1]
-        (hi, wi), (ho, wo) = stage.size_in, stage.size_out
+    """The crop at (top, left) of the image the stages make, as uint8, from ``window`` = the frame's window of
+    ``plan(...)``'s first step, [channels, rows, cols] with uint8 values: uint8 when that step calls torch's
+    resize, else float (a scratch buffer)."""
+    targets = [(s.rows, s.cols) for s in steps[1:]] + [((top, top + crop[0]), (left, left + crop[1]))]
+    for i, (step, (next_rows, next_cols)) in enumerate(zip(steps, targets, strict=True)):
+        (rows, cols), ((hi, wi), (ho, wo)) = (step.rows, step.cols), (step.stage.size_in, step.stage.size_out)
+        if step.calls is not None:
+            calls = step.calls
+            window = torch_resize(window.to(torch.uint8).contiguous(), *calls)
+            r0, c0 = next_rows[0] - calls[0].a, next_cols[0] - calls[1].a
+            window = window[:, r0 : r0 + next_rows[1] - next_rows[0], c0 : c0 + next_cols[1] - next_cols[0]]
+            continue
+        window = window.float()
         # every column the next stage reads, over this stage's input rows; then those columns' rows
         if wi != wo:
             shape = (*window.shape[:2], next_cols[1] - next_cols[0])
@@ -94,12 +120,12 @@ def resize_crop_window(
             window = resize_height(window, hi, ho, rows[0], next_rows, out)
         else:
             window = window[:, next_rows[0] - rows[0] : next_rows[1] - rows[0]]
-    return window
+    return window.to(torch.uint8).contiguous()
 
 
-def input_window(stages: list[Stage], top: int, left: int, crop: tuple[int, int]) -> tuple[tuple[int, int], ...]:
-    """(rows, cols) of the frame that the crop at (top, left) depends on."""
-    return _windows(stages, top, left, crop)[0]
+def input_window(steps: list[Step], top: int, left: int, crop: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """(rows, cols) of the frame that the crop at (top, left) depends on, as ``plan`` computes it."""
+    return (steps[0].rows, steps[0].cols) if steps else ((top, top + crop[0]), (left, left + crop[1]))
 
 
 @functools.lru_cache(maxsize=64)
@@ -124,4 +150,4 @@ def nearest_crop(
     if flip:
         cols = mask.shape[-1] - 1 - cols
     c0, c1 = int(cols.min()), int(cols.max()) + 1  # the rows' span the columns need only
-    return torch.from_numpy(mask.numpy()[:, c0:c1].take(rows.numpy(), 0).take(cols.numpy() - c0, 1))
+    return torch.from_numpy(mask.numpy()[:, c0:c1].take(rows.numpy(), 0)[:, cols.numpy() - c0])

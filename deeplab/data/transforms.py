@@ -1,5 +1,7 @@
 """Joint image/mask transforms on uint8 tensors (bilinear for images, nearest for masks).
 
+A training sample stays uint8 (image [3, h, w], train-id mask [h, w]): the training step normalizes it on the
+device after the copy, with the one normalization function (``deeplab/data/normalize.py``).
 All randomness comes from the ``torch.Generator`` passed in, so an augmented sample depends only on its seed:
 exact resume and DDP equivalence rely on that. By default (``augment_order: window``) the crop window is chosen in
 source coordinates and only that region is resized, which keeps augmentation cheap next to PNG decoding;
@@ -15,7 +17,8 @@ from torchvision.transforms import InterpolationMode
 
 from deeplab.config import DataConfig
 from deeplab.data.jitter import contrast_mean, jitter_float, scratch_buffer
-from deeplab.data.seed_window import input_window, nearest_crop, resize_crop_window, seed_stages
+from deeplab.data.normalize import Normalize
+from deeplab.data.seed_window import input_window, nearest_crop, plan, resize_crop_window, seed_stages
 from deeplab.labels import IGNORE_INDEX
 
 
@@ -25,16 +28,6 @@ def _uniform(g: torch.Generator | None, low: float, high: float) -> float:
 
 def _randint(g: torch.Generator | None, high: int) -> int:
     return int(torch.randint(high, (), generator=g)) if high > 1 else 0
-
-
-def _normalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    return TF.normalize(image.float().div_(255), list(mean), list(std))
-
-
-def _normalize_float(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """``_normalize`` of a float image with uint8 values, into a new tensor (the image may be a scratch buffer)."""
-    image = torch.div(image, 255, out=torch.empty(image.shape))
-    return TF.normalize(image, list(mean), list(std), inplace=True)
 
 
 def _jitter(image: torch.Tensor, jitter: tuple[float, float, float], g: torch.Generator | None) -> torch.Tensor:
@@ -119,7 +112,7 @@ class TrainTransform:
         return image[:, top : top + ch, left : left + cw], mask[top : top + ch, left : left + cw]
 
     def _seed_order(self, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator | None):
-        """``seed_order_whole_frame``'s result (normalized), computed on the input window the crop depends on
+        """``seed_order_whole_frame``'s result, computed on the input window the crop depends on
         (deeplab/data/seed_window.py says why it is the same, bit for bit)."""
         cfg = self.cfg
         crop = (ch, cw) = cfg.crop_size
@@ -132,17 +125,23 @@ class TrainTransform:
         top = left = 0
         if (out_h, out_w) != (ch, cw):
             left, top = int(_uniform(g, 0, 1) * (out_w - cw)), int(_uniform(g, 0, 1) * (out_h - ch))
-        (r0, r1), (c0, c1) = input_window(stages, top, left, crop)
+        steps = plan(stages, top, left, crop)
+        (r0, r1), (c0, c1) = input_window(steps, top, left, crop)
         mean = contrast_mean(image, bright, self.scratch) if contrast is not None else None
         window = image[:, r0:r1, w - c1 : w - c0].flip(-1) if flip else image[:, r0:r1, c0:c1]
-        floats = scratch_buffer(self.scratch, "window", (3, r1 - r0, c1 - c0), torch.float32)
-        floats = jitter_float(window, factors, mean, floats, self.scratch)
-        floats = resize_crop_window(floats, stages, top, left, crop, self.scratch)
-        return _normalize_float(floats, cfg.mean, cfg.std), nearest_crop(mask, stages, top, left, crop, flip).long()
+        mask = nearest_crop(mask, stages, top, left, crop, flip)
+        if not stages:  # the jittered window is the crop
+            return jitter_float(window, factors, mean, torch.empty(window.shape, dtype=torch.uint8), self.scratch), mask
+        # uint8 for torch's resize kernel, float for the band passes
+        dtype = torch.uint8 if steps[0].calls is not None else torch.float32
+        jittered = scratch_buffer(self.scratch, f"window_{dtype}", (3, r1 - r0, c1 - c0), dtype)
+        jittered = jitter_float(window, factors, mean, jittered, self.scratch)
+        return resize_crop_window(jittered, steps, top, left, crop, self.scratch), mask
 
     def __call__(
         self, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 image [3, h, w] and train-id mask [h, w] of the crop (normalized on the device: normalize.py)."""
         cfg = self.cfg
         if cfg.augment_order == "seed":
             return self._seed_order(image, mask, g)
@@ -151,18 +150,18 @@ class TrainTransform:
             image, mask = image.flip(-1), mask.flip(-1)
         factors = _draw_jitter(cfg.color_jitter, g)
         mean = contrast_mean(image, factors[0], self.scratch) if factors[1] is not None else None
-        floats = scratch_buffer(self.scratch, "window", tuple(image.shape), torch.float32)
-        floats = jitter_float(image, factors, mean, floats, self.scratch)
-        return _normalize_float(floats, cfg.mean, cfg.std), mask.long()
+        out = torch.empty(image.shape, dtype=torch.uint8)
+        return jitter_float(image, factors, mean, out, self.scratch), mask
 
 
 class EvalTransform:
-    """Normalize only: evaluation runs on the whole image."""
+    """Normalize only (on the image's device: move the uint8 image first): evaluation runs on the whole image."""
 
     def __init__(self, cfg: DataConfig) -> None:
         self.cfg = cfg
+        self.normalize = Normalize(cfg.mean, cfg.std)
 
     def __call__(
         self, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return _normalize(image, self.cfg.mean, self.cfg.std), mask.long()
+        return self.normalize(image), mask.long()

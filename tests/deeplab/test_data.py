@@ -112,7 +112,7 @@ def test_train_transform_keeps_image_and_mask_aligned() -> None:
     for seed in range(12):
         img, m = TrainTransform(cfg)(image, mask, torch.Generator().manual_seed(seed))
         assert img.shape == (3, 64, 96) and m.shape == (64, 96)
-        decoded = torch.round(img[0] * 255 / 12).long()
+        decoded = torch.round(img[0] / 12).long()
         padded = torch.nn.functional.pad(m[None, None].float(), (2, 2, 2, 2), mode="replicate")[0, 0]
         windows = padded.unfold(0, 5, 1).unfold(1, 5, 1)
         interior = (windows == m[..., None, None]).flatten(-2).all(-1)  # 2 px from any region border
@@ -136,8 +136,9 @@ def test_transform_is_a_function_of_the_generator_seed() -> None:
     a = t(image, mask, torch.Generator().manual_seed(5))
     b = t(image, mask, torch.Generator().manual_seed(5))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].dtype == a[1].dtype == torch.uint8  # normalized on the device (test_data_normalize.py)
     x, y = EvalTransform(DataConfig())(image, mask)
-    assert x.shape == (3, 40, 60) and torch.equal(y, mask.long())
+    assert x.shape == (3, 40, 60) and x.dtype == torch.float32 and torch.equal(y, mask.long())
 
 
 def test_two_rank_slices_equal_one_rank_batch_and_resume(tiny_data: Path) -> None:

@@ -17,7 +17,8 @@ def test_cores_per_gpu_is_samples_per_second_times_cpu_seconds_per_sample() -> N
 
 def test_the_line_names_the_path_and_from_pngs_what_the_cache_would_need() -> None:
     png = cost.describe(DataConfig(augment_order="seed"), 0.82, "the fastest cell")
-    assert png.startswith("data: PNG decode + seed order, 99 CPU-ms per sample")
+    ms = round(1000 * cost.SAMPLE_CPU_S[("png", "seed")])
+    assert png.startswith(f"data: PNG decode + seed order, {ms} CPU-ms per sample")
     assert "at 0.82 s/iteration (the fastest cell" in png and "from the decoded cache" in png
     cached = cost.describe(DataConfig(augment_order="window", cache="/c"), 0.82, "x")
     assert cached.startswith("data: the decoded cache + window order") and "from the decoded cache" not in cached

@@ -66,7 +66,9 @@ def test_a_train_step_reads_nothing_back(tiny_data: Path, loss: str) -> None:
     cfg = tiny_config(tiny_data, **{"loss.name": loss})
     parts = build_parts(cfg, init_distributed("cpu"))
     g = torch.Generator().manual_seed(0)
-    images, masks = torch.randn(2, 3, 32, 64, generator=g), torch.randint(0, 19, (2, 32, 64), generator=g)
+    # uint8, as the loader yields them: the step's copy, normalization and int64 masks read nothing back either
+    images = torch.randint(0, 256, (2, 3, 32, 64), dtype=torch.uint8, generator=g)
+    masks = torch.randint(0, 19, (2, 32, 64), dtype=torch.uint8, generator=g)
     masks[:, :4] = 255
     with HostReads() as reads:
         loss_value = train_step(parts, images, masks)
