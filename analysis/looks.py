@@ -1,7 +1,7 @@
 """The sequential study's looks, recomputed from the runs wherever the answer is shown (report, notebook, parent run).
 
 Per cell, the final val mIoU of every seed both backbones finished, in the grid's seed order (seeds a raised maximum
-added, after them in ascending order), goes through ``analysis.sequential.analyse(res101, res50, design)``: Δ =
+added, after them in ascending order), goes through ``experiments.sequential.analyse(res101, res50, design)``: Δ =
 res101 − res50 at each look, its repeated confidence interval (RCI), the look's nominal level and the decision.
 Nothing recorded elsewhere (a tag, a status line) is trusted: the looks are recomputed from the runs each time.
 
@@ -24,8 +24,8 @@ from scipy import stats as sps
 from analysis.cells import StudyAxes, cell_label, iter_cells
 from analysis.frames import LOGGED_DEVICE_HOURS
 from analysis.html import md_escape
-from analysis.sequential import Look, SequentialDesign, analyse
 from experiments.errors import ExperimentsError
+from experiments.sequential import Look, SequentialDesign, analyse
 from experiments.spec import SweepSpec, expand_grid, load_spec
 from experiments.store import report_parent, run_records
 

@@ -20,8 +20,8 @@ from deeplab.data import cost as data_cost
 from experiments.spec import RunSpec, SweepSpec, expand_grid
 
 if TYPE_CHECKING:
-    from analysis.sequential import SequentialDesign
     from analysis.sequential_sim import Simulated
+    from experiments.sequential import SequentialDesign
 
 ANCHOR_S_PER_IT = 0.82  # the fork's log: ~82 s per 100 iterations
 ANCHOR = (
@@ -359,8 +359,8 @@ def _evidence_gap() -> float:
 
 def plan_designs(plan: Plan, store_sd: float | None, replicates: int = REPLICATES) -> Designs | None:
     """The fixed design and the spec's sequential one simulated over true Δ and sd (None: nothing to compare)."""
-    from analysis.sequential import SequentialDesign
     from analysis.sequential_sim import simulate
+    from experiments.sequential import SequentialDesign
 
     spec = plan.spec
     if not plan.comparisons:

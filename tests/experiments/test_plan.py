@@ -17,12 +17,11 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from analysis.power import seeds_for_power, tost_power
-from analysis.sequential import SPENDING as analysis_spending
 from analysis.stats import tost_equivalence
 from deeplab.model import model_info
 from experiments.errors import ExperimentsError
 from experiments.plan import ANCHOR_S_PER_IT, format_plan, plan_study
-from experiments.spec import SPENDING, expand_grid, load_spec
+from experiments.spec import expand_grid, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY = REPO / "experiments" / "sweeps" / "r50_vs_r101_cityscapes.yaml"
@@ -201,10 +200,6 @@ def test_a_sequential_study_compares_one_configuration_of_two_backbones(
     with pytest.raises(ExperimentsError) as err:
         load_spec(path)
     assert message in str(err.value) and "\n" not in str(err.value)
-
-
-def test_the_spec_names_the_spending_functions_analysis_knows() -> None:
-    assert analysis_spending == SPENDING
 
 
 def test_a_paired_spec_shows_the_paired_power_beside_welchs(tmp_path: Path) -> None:
