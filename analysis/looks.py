@@ -7,7 +7,7 @@ Nothing recorded elsewhere (a tag, a status line) is trusted: the looks are reco
 
 The design is the sweep spec's ``analysis.sequential``; the spec is the file the sweep's parent run names (tag
 ``sweep.spec``) unless one is given. Cost: a run's own ``cost/device_hours`` when it logged one, else the planner's
-GPU-hour model of its cell (``experiments.plan.cell_costs``: s/iteration measured on finished GPU runs of the cell's
+GPU-hour model of its cell (``analysis.plan.cell_costs``: s/iteration measured on finished GPU runs of the cell's
 config, else the seed fork's anchor scaled by FLOPs and images per GPU; × iterations × GPUs per run). The fixed design
 runs the grid's seeds of both backbones; the sequential one has spent the seeds its looks used.
 """
@@ -78,7 +78,8 @@ def sequential_design(spec: SweepSpec | None, margin: float) -> SequentialDesign
 
 def run_costs(runs: pd.DataFrame, spec: SweepSpec) -> Cost:
     """Each run's cost: its logged cost/device_hours, else the planner's GPU-hours for its cell config."""
-    from experiments.plan import cell_costs, gpus_per_run
+    from analysis.plan import cell_costs
+    from experiments.resources import gpus_per_run
 
     logged = runs[LOGGED_DEVICE_HOURS] if LOGGED_DEVICE_HOURS in runs else pd.Series(np.nan, index=runs.index)
     planned = pd.Series(np.nan, index=runs.index)

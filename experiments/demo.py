@@ -62,12 +62,12 @@ def _progress(spec: SweepSpec, start: float, stop: threading.Event) -> None:
 
 
 def study_designs(tracking_uri: str, replicates: int | None = None) -> list[str]:
-    """`experiments plan`'s fixed-vs-sequential comparison of the shipped study, as lines (about 10 s: building
+    """`analysis plan`'s fixed-vs-sequential comparison of the shipped study, as lines (about 10 s: building
     the two models for their FLOPs, then 20 000 simulated studies per figure; ``replicates`` to go faster)."""
-    from experiments.plan import REPLICATES, format_designs, plan_study
+    from analysis.plan import REPLICATES, format_designs, plan_study
 
     plan = plan_study(load_spec(STUDY_SPEC), tracking_uri, replicates=replicates or REPLICATES)
-    head = f"the study this demo rehearses: python -m experiments plan {STUDY_SPEC.relative_to(STUDY_SPEC.parents[2])}"
+    head = f"the study this demo rehearses: python -m analysis plan {STUDY_SPEC.relative_to(STUDY_SPEC.parents[2])}"
     return [head, *(format_designs(plan.designs) if plan.designs else ["  (the spec compares no res50/res101 cell)"])]
 
 
