@@ -1,4 +1,4 @@
-"""``python -m analysis``: report, plan, evidence, import-log, fork-data."""
+"""``python -m analysis``: report, plan, evidence, import-log, fork-data, demo."""
 
 from __future__ import annotations
 
@@ -82,6 +82,13 @@ def _cmd_fork_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    workdir = check_output_dir(args.workdir, "--workdir")  # before torch, MLflow and submitit are imported
+    from analysis.demo import run_demo
+
+    return run_demo(workdir, executor=args.executor)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("log_dir", help="the folder with slurm-11413.out and slurm-11311.out")
     p.add_argument("--out", default=None, help="default: the package's analysis/data")
     p.set_defaults(func=_cmd_fork_data)
+    p = sub.add_parser("demo", help="the main job: study designs, synthetic data → tiny res50/res101 sweep → report")
+    p.add_argument("--workdir", default=".demo")
+    p.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``python -m experiments``: sweep, advance, status, cancel, sync, server, demo."""
+"""``python -m experiments``: sweep, advance, status, cancel, sync, server."""
 
 from __future__ import annotations
 
@@ -170,13 +170,6 @@ def _cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    workdir = check_output_dir(args.workdir, "--workdir")  # before torch, MLflow and submitit are imported
-    from experiments.demo import run_demo
-
-    return run_demo(workdir, executor=args.executor)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -225,11 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int_in(1, 65535), default=5000)
     p.set_defaults(func=_cmd_server)
-
-    p = sub.add_parser("demo", help="the main job: synthetic data → tiny res50/res101 sweep → report")
-    p.add_argument("--workdir", default=".demo")
-    p.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
-    p.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -95,7 +95,7 @@ def _check_designs(plan, text: str) -> None:
 def test_make_demo_prints_the_shipped_study_s_designs() -> None:
     """`make demo` opens with `analysis plan`'s fixed-vs-sequential table of the real study (1000 replicates
     here: the table's shape, not its figures, which the test above checks)."""
-    from experiments.demo import study_designs
+    from analysis.demo import study_designs
 
     lines = study_designs("sqlite:////nonexistent/mlflow.db", replicates=1000)
     text = "\n".join(lines)
