@@ -8,9 +8,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from analysis.landing import REPORT_DIR
 from experiments.demo import STUDY_SPEC, run_demo_sweep
 from experiments.spec import load_spec
-from experiments.store import default_tracking_uri, report_parent, run_page_url, runs_page_url
+from experiments.store import default_tracking_uri, run_page_url, runs_page_url, sweep_parent
 
 UI_PORT = 5000
 UI = f"http://127.0.0.1:{UI_PORT}"
@@ -46,8 +47,8 @@ def run_demo(workdir: Path, executor: str = "auto") -> int:
     print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}, then")
     # MLflow 3's front page lands in its GenAI view: these open the sweep itself
     print(f"  runs:    {runs_page_url(UI, sweep.experiment_id)}")
-    parent = report_parent(uri, experiment)
+    parent = sweep_parent(uri, experiment)
     if parent is not None:
         print(f"  verdict: {run_page_url(UI, *parent)}  (the sweep's parent run)")
-        print(f"  report:  {run_page_url(UI, *parent, 'report/report.html')}")
+        print(f"  report:  {run_page_url(UI, *parent, f'{REPORT_DIR}/report.html')}")
     return 0

@@ -27,7 +27,7 @@ from analysis.html import md_escape
 from experiments.errors import ExperimentsError
 from experiments.sequential import Look, SequentialDesign, analyse
 from experiments.spec import SweepSpec, expand_grid, load_spec
-from experiments.store import report_parent, run_records
+from experiments.store import run_records, sweep_parent
 
 SPEC_TAG = "sweep.spec"  # on the sweep's parent run: the spec file it was submitted from
 
@@ -56,7 +56,7 @@ class CellLooks:
 def study_spec(uri: str, experiment: str, path: str | None = None) -> tuple[SweepSpec | None, str]:
     """The sweep spec (``path``, else the file the parent run names) and where it came from, or None and why."""
     if path is None:
-        found = report_parent(uri, experiment)
+        found = sweep_parent(uri, experiment)
         records = run_records(uri, found[0], f"attributes.run_id = '{found[1]}'") if found else []
         path = records[0].tags.get(SPEC_TAG) if records else None
         if not path:

@@ -9,12 +9,12 @@ query for metric histories, used only on the schema revision it was checked agai
 - write.py: batches, tags, params, states, experiments, ``record_run`` (idempotent by key)
 - sweeps.py: a sweep's parent run (its grid axes) and child runs
 - read.py: run records, metric histories, first points, artifacts
-- publish.py: a report on its sweep's parent run (description, summary metrics, report artifacts)
+- publish.py: a sweep's parent run, and descriptions, summary metrics and artifacts published onto it
 - views.py: the experiment tags and URLs that open MLflow's UI on the runs table with useful columns
 """
 
 from experiments.store.client import StoreGone, open_client
-from experiments.store.publish import publish_report, report_link, report_parent
+from experiments.store.publish import artifact_link, publish_to_run, sweep_parent
 from experiments.store.read import (
     RunRecord,
     download_artifact,
@@ -81,6 +81,7 @@ __all__ = [
     "Recorded",
     "RunRecord",
     "StoreGone",
+    "artifact_link",
     "axis_tags",
     "axis_value",
     "batches",
@@ -105,12 +106,10 @@ __all__ = [
     "params_of",
     "parent_run",
     "point",
-    "publish_report",
+    "publish_to_run",
     "record_run",
     "redact",
     "reopen_parent",
-    "report_link",
-    "report_parent",
     "resolve_tracking_uri",
     "run_page_url",
     "run_records",
@@ -122,5 +121,6 @@ __all__ = [
     "sqlite_path",
     "sum_child_costs",
     "sweep_axes",
+    "sweep_parent",
     "tags_of",
 ]
