@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m experiments demo --workdir $(DEMO_DIR)
+	$(PY) -m analysis demo --workdir $(DEMO_DIR)
 
 # JupyterLab on the demo's store (run `make demo` first); the notebook reads these two variables. Its file browser
 # opens at the repository root; --allow-root: containers run as root, and jupyter refuses root without it

@@ -1,4 +1,4 @@
-"""``python -m analysis``: report, evidence, import-log, fork-data."""
+"""``python -m analysis``: report, plan, evidence, import-log, fork-data, demo."""
 
 from __future__ import annotations
 
@@ -29,6 +29,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     uri = _uri(args.tracking_uri)
     path = write_report(args.experiment, uri, out, margin=args.margin, n_boot=args.bootstrap, spec=args.spec)
     print(f"report written to {path} (self-contained page: {path.with_suffix('.html')})")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from experiments.spec import load_spec
+
+    spec = load_spec(args.spec)  # a bad spec fails before the models are built for their FLOPs
+    from analysis.plan import format_plan, plan_study
+
+    # the URI is not checked here: the planner plans without a store, and says why it has none
+    plan = plan_study(
+        spec, args.tracking_uri, sd=args.sd, margin=args.margin, delta=args.delta, replicates=args.replicates
+    )
+    print(format_plan(plan))
     return 0
 
 
@@ -68,6 +82,13 @@ def _cmd_fork_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    workdir = check_output_dir(args.workdir, "--workdir")  # before torch, MLflow and submitit are imported
+    from analysis.demo import run_demo
+
+    return run_demo(workdir, executor=args.executor)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=_cmd_report)
+    p = sub.add_parser("plan", help="runs, iterations, GPU-hours and equivalence-test power of a sweep spec")
+    p.add_argument("spec")
+    p.add_argument(
+        "--sd", type=positive_float, default=None, help="run-to-run sd in points (default: store, else evidence)"
+    )
+    p.add_argument("--margin", type=positive_float, default=None, help="equivalence margin (default: analysis.margin)")
+    p.add_argument("--delta", type=float, default=0.25, help="a true difference to show the power at as well")
+    p.add_argument(
+        "--replicates",
+        type=int_in(1000, 10_000_000),
+        default=20_000,
+        help="simulated studies per design figure (default 20000: se ≤ 0.0036)",
+    )
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI, for measured s/iteration and sd")
+    p.set_defaults(func=_cmd_plan)
     p = sub.add_parser("evidence", help="what public evidence says (the fork's logs, published pairs): no sweep")
     p.add_argument("--out", required=True)
     p.add_argument("--margin", type=positive_float, default=0.5, help="equivalence margin in mIoU points")
@@ -120,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("log_dir", help="the folder with slurm-11413.out and slurm-11311.out")
     p.add_argument("--out", default=None, help="default: the package's analysis/data")
     p.set_defaults(func=_cmd_fork_data)
+    p = sub.add_parser("demo", help="the main job: study designs, synthetic data → tiny res50/res101 sweep → report")
+    p.add_argument("--workdir", default=".demo")
+    p.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -23,10 +23,10 @@ from analysis.frames import curves_frame, per_image_confusions, runs_frame
 from analysis.gap import ScheduleFit, delta_curves, fit_sentence, schedule_fits
 from analysis.html import md_escape
 from analysis.looks import CellLooks, cell_looks, decision_sentence, run_costs, sequential_design, study_spec
-from analysis.sequential import SequentialDesign
 from analysis.stats import BootstrapResult, TostResult, bootstrap_miou_delta, tost_equivalence
 from deeplab.tracking import VAL_MIOU, VAL_MIOU_SEED
 from experiments.errors import ExperimentsError
+from experiments.sequential import SequentialDesign
 from experiments.store import sweep_axes
 
 MIN_TOST_SEEDS = 3

@@ -175,5 +175,5 @@ def _conclusion(ev: Evidence, seed_delta: float, margin: float) -> str:
         f"pick on val with a final model produces (a {p.fixed:+.2f} gap less a "
         f"{min(inflations):.2f}–{max(inflations):.2f} inflation); equivalence within ±{margin:g} is "
         f"{'shown' if shown else 'not shown'} (pooled 90% CI {ci90[0]:+.2f}…{ci90[1]:+.2f}); settling it takes "
-        "the study's own seeds (`python -m experiments plan SPEC`)."
+        "the study's own seeds (`python -m analysis plan SPEC`)."
     )

@@ -1,6 +1,7 @@
 """The answer where researchers look in MLflow: the experiment's description (its landing page, one line), the
-sweep parent run's description and summary metrics. Published by `analysis report` through
-``experiments.store.publish_report``; every word and name comes from here and analysis.cells' convention.
+sweep parent run's description and summary metrics, and the report's files as the run's artifacts. Published by
+`analysis report` through ``experiments.store.publish_to_run``; every word, name and artifact path comes from here
+and analysis.cells' convention.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from pathlib import Path
 from analysis.cells import DELTA_DEFINITION, DELTA_METRIC, DELTA_NAME
 from analysis.comparison import MIN_TOST_SEEDS, Comparison, verdict_lines
 from analysis.looks import CellLooks
-from experiments.store import publish_report
-from experiments.store.publish import REPORT_DIR
+from experiments.store import artifact_link, publish_to_run, sweep_parent
 
 # MLflow 3.17 shows an experiment's description folded to its first line (32 px high) until it is expanded: the
 # headline is one short line (about 150 characters fit beside the sidebar in a 1280 px wide window, 120 in 1100 px)
 HEADLINE_MAX = 120
+REPORT_DIR = "report"  # artifact folder on the parent run
+REPORT_FOLDERS = ("figures", "evidence")  # evidence: the public-evidence report on its own (also report.html's end)
 
 
 def cell_metric_name(cell_key: tuple, cell_keys: tuple[str, ...]) -> str:
@@ -94,13 +96,23 @@ def summary_metrics(c: Comparison) -> dict[str, float]:
     return {k: round(float(v), 2) for k, v in out.items() if not math.isnan(v)}
 
 
+def report_artifacts(out: Path) -> list[tuple[Path, str]]:
+    """(local path, artifact folder) of the report's files in ``out``: under ``report/`` on the parent run."""
+    out = Path(out)
+    files = [(out / name, REPORT_DIR) for name in ("report.md", "report.html")]
+    return files + [(out / f, f"{REPORT_DIR}/{f}") for f in REPORT_FOLDERS if (out / f).is_dir()]
+
+
 def publish_to_mlflow(c: Comparison, out: Path) -> None:
     """The headline, the verdict, Δ per cell and the report's files onto the sweep's parent run."""
-    run_id = publish_report(
-        c.tracking_uri, c.experiment, headline=headline(c), description=lambda link: description(c, link, out),
-        metrics=summary_metrics(c), out=out,
-    )  # fmt: skip
-    if run_id is None:
+    found = sweep_parent(c.tracking_uri, c.experiment)
+    if found is None:
         print(f"MLflow: experiment {c.experiment!r} has no single sweep parent run (imported runs?): not published")
-    else:
-        print(f"MLflow: verdict, Δ metrics and report published to the sweep's parent run {run_id}")
+        return
+    eid, run_id = found
+    link = artifact_link(eid, run_id, f"{REPORT_DIR}/report.html")
+    publish_to_run(
+        c.tracking_uri, eid, run_id, experiment_note=headline(c), run_note=description(c, link, out),
+        metrics=summary_metrics(c), artifacts=report_artifacts(out),
+    )  # fmt: skip
+    print(f"MLflow: verdict, Δ metrics and report published to the sweep's parent run {run_id}")

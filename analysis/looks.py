@@ -1,13 +1,13 @@
 """The sequential study's looks, recomputed from the runs wherever the answer is shown (report, notebook, parent run).
 
 Per cell, the final val mIoU of every seed both backbones finished, in the grid's seed order (seeds a raised maximum
-added, after them in ascending order), goes through ``analysis.sequential.analyse(res101, res50, design)``: Δ =
+added, after them in ascending order), goes through ``experiments.sequential.analyse(res101, res50, design)``: Δ =
 res101 − res50 at each look, its repeated confidence interval (RCI), the look's nominal level and the decision.
 Nothing recorded elsewhere (a tag, a status line) is trusted: the looks are recomputed from the runs each time.
 
 The design is the sweep spec's ``analysis.sequential``; the spec is the file the sweep's parent run names (tag
 ``sweep.spec``) unless one is given. Cost: a run's own ``cost/device_hours`` when it logged one, else the planner's
-GPU-hour model of its cell (``experiments.plan.cell_costs``: s/iteration measured on finished GPU runs of the cell's
+GPU-hour model of its cell (``analysis.plan.cell_costs``: s/iteration measured on finished GPU runs of the cell's
 config, else the seed fork's anchor scaled by FLOPs and images per GPU; × iterations × GPUs per run). The fixed design
 runs the grid's seeds of both backbones; the sequential one has spent the seeds its looks used.
 """
@@ -24,10 +24,10 @@ from scipy import stats as sps
 from analysis.cells import StudyAxes, cell_label, iter_cells
 from analysis.frames import LOGGED_DEVICE_HOURS
 from analysis.html import md_escape
-from analysis.sequential import Look, SequentialDesign, analyse
 from experiments.errors import ExperimentsError
+from experiments.sequential import Look, SequentialDesign, analyse
 from experiments.spec import SweepSpec, expand_grid, load_spec
-from experiments.store import report_parent, run_records
+from experiments.store import run_records, sweep_parent
 
 SPEC_TAG = "sweep.spec"  # on the sweep's parent run: the spec file it was submitted from
 
@@ -56,7 +56,7 @@ class CellLooks:
 def study_spec(uri: str, experiment: str, path: str | None = None) -> tuple[SweepSpec | None, str]:
     """The sweep spec (``path``, else the file the parent run names) and where it came from, or None and why."""
     if path is None:
-        found = report_parent(uri, experiment)
+        found = sweep_parent(uri, experiment)
         records = run_records(uri, found[0], f"attributes.run_id = '{found[1]}'") if found else []
         path = records[0].tags.get(SPEC_TAG) if records else None
         if not path:
@@ -78,7 +78,8 @@ def sequential_design(spec: SweepSpec | None, margin: float) -> SequentialDesign
 
 def run_costs(runs: pd.DataFrame, spec: SweepSpec) -> Cost:
     """Each run's cost: its logged cost/device_hours, else the planner's GPU-hours for its cell config."""
-    from experiments.plan import cell_costs, gpus_per_run
+    from analysis.plan import cell_costs
+    from experiments.resources import gpus_per_run
 
     logged = runs[LOGGED_DEVICE_HOURS] if LOGGED_DEVICE_HOURS in runs else pd.Series(np.nan, index=runs.index)
     planned = pd.Series(np.nan, index=runs.index)

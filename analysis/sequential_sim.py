@@ -1,8 +1,8 @@
-"""Monte Carlo operating characteristics of a sequential design (analysis.sequential), vectorised over replicates.
+"""Monte Carlo operating characteristics of a sequential design (experiments.sequential), vectorised over replicates.
 
 Per-seed final mIoU is drawn normal: backbone a with mean Δ and sd ``sd_a``, b with mean 0 and sd ``sd_b``; seed i
 of a and of b correlated by ``correlation`` (they share data order and augmentation stream). Every replicate
-draws the design's cap of seeds once and is analysed at its looks exactly as analysis.sequential.analyse does
+draws the design's cap of seeds once and is analysed at its looks exactly as experiments.sequential.analyse does
 (pilot raise, t critical values at each look's df, RCI inside ±margin, non-binding futility obeyed).
 
 `python -m analysis.sequential_sim` prints the figures the tests assert, with their Monte Carlo standard errors.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from analysis.sequential import SequentialDesign, raised_maxima
+from experiments.sequential import SequentialDesign, raised_maxima
 
 CHUNK = 50_000  # replicates drawn at once: memory stays under ~100 MB at 40 seeds
 
@@ -119,7 +119,7 @@ def simulate(
 def outcomes(design: SequentialDesign, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Seeds per backbone at each row's stop, negative where it stopped showing equivalence.
 
-    ``a`` and ``b``: (replicates, design.cap) per-seed values in seed order; analysis.sequential.analyse on a row
+    ``a`` and ``b``: (replicates, design.cap) per-seed values in seed order; experiments.sequential.analyse on a row
     makes the same decision (tested)."""
     cums = _sums(design, np.asarray(a, dtype=float), np.asarray(b, dtype=float))
     replicates = len(cums[0])
@@ -150,7 +150,7 @@ DESIGNS = {  # the reference's designs (/work/shared/reference/study-design.md),
 
 def figures(replicates: int = 200_000) -> list[str]:
     """The operating characteristics the tests check, as text lines (sd 0.46, margin 0.5, α = 0.05 per side)."""
-    from analysis.sequential import boundaries, spent_alpha
+    from experiments.sequential import boundaries, spent_alpha
 
     t = np.arange(1, 5) / 4
     obf = boundaries((1, 2, 3, 4), spent_alpha("obrien-fleming", 0.025, t))

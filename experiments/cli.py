@@ -1,4 +1,4 @@
-"""``python -m experiments``: sweep, advance, plan, status, cancel, sync, server, demo."""
+"""``python -m experiments``: sweep, advance, status, cancel, sync, server."""
 
 from __future__ import annotations
 
@@ -172,36 +172,6 @@ def _cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_plan(args: argparse.Namespace) -> int:
-    from experiments.spec import load_spec
-
-    spec = load_spec(args.spec)
-    from experiments.plan import format_plan, plan_study
-
-    plan = plan_study(
-        spec, args.tracking_uri, sd=args.sd, margin=args.margin, delta=args.delta, replicates=args.replicates
-    )
-    print(format_plan(plan))
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    workdir = check_output_dir(args.workdir, "--workdir")  # before torch, MLflow and submitit are imported
-    from experiments.demo import run_demo
-
-    return run_demo(workdir, executor=args.executor)
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,31 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_sync)
 
-    p = sub.add_parser("plan", help="runs, iterations, GPU-hours and equivalence-test power of a sweep spec")
-    p.add_argument("spec")
-    p.add_argument("--sd", type=_positive, default=None, help="run-to-run sd in points (default: store, else evidence)")
-    p.add_argument("--margin", type=_positive, default=None, help="equivalence margin (default: analysis.margin)")
-    p.add_argument("--delta", type=float, default=0.25, help="a true difference to show the power at as well")
-    p.add_argument(
-        "--replicates",
-        type=int_in(1000, 10_000_000),
-        default=20_000,
-        help="simulated studies per design figure (default 20000: se ≤ 0.0036)",
-    )
-    p.add_argument("--tracking-uri", **uri)
-    p.set_defaults(func=_cmd_plan)
-
     p = sub.add_parser("server", help="run `mlflow server` (127.0.0.1 unless --host says otherwise)")
     p.add_argument("--backend-store-uri", default=None, help="sqlite:///… (default ./mlflow.db) or postgresql://…")
     p.add_argument("--artifact-root", default="mlartifacts", help="shared storage for artifacts")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int_in(1, 65535), default=5000)
     p.set_defaults(func=_cmd_server)
-
-    p = sub.add_parser("demo", help="the main job: synthetic data → tiny res50/res101 sweep → report")
-    p.add_argument("--workdir", default=".demo")
-    p.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
-    p.set_defaults(func=_cmd_demo)
     return parser
 
 

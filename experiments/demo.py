@@ -1,4 +1,5 @@
-"""The main job on the embedded default: synthetic data → tiny res50/res101 sweep → report."""
+"""The demo's sweep on the embedded default: synthetic data → tiny res50/res101 sweep, with a progress line every
+30 s. ``python -m analysis demo`` (``make demo``) runs it between the study's designs and the report."""
 
 from __future__ import annotations
 
@@ -8,20 +9,19 @@ import shutil
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from submitit.core.utils import JobPaths
 
 from experiments.jobs import read_job
 from experiments.spec import RunSpec, SweepSpec, expand_grid, load_spec
-from experiments.store import default_tracking_uri, ensure_experiment, report_parent, run_page_url, runs_page_url
+from experiments.store import default_tracking_uri, ensure_experiment
 from experiments.sweep import submit
 
 DEMO_SPEC = Path(__file__).resolve().parent / "sweeps" / "demo_synthetic.yaml"
 STUDY_SPEC = Path(__file__).resolve().parent / "sweeps" / "r50_vs_r101_cityscapes.yaml"  # the real question
 PROGRESS_EVERY_S = 30.0
-UI_PORT = 5000
-UI = f"http://127.0.0.1:{UI_PORT}"
 
 
 def _cluster_up() -> bool:
@@ -61,19 +61,15 @@ def _progress(spec: SweepSpec, start: float, stop: threading.Event) -> None:
         print(f"  [{elapsed}] {done}/{len(runs)} done; " + (", ".join(active) or "waiting"), flush=True)
 
 
-def study_designs(tracking_uri: str, replicates: int | None = None) -> list[str]:
-    """`experiments plan`'s fixed-vs-sequential comparison of the shipped study, as lines (about 10 s: building
-    the two models for their FLOPs, then 20 000 simulated studies per figure; ``replicates`` to go faster)."""
-    from experiments.plan import REPLICATES, format_designs, plan_study
-
-    plan = plan_study(load_spec(STUDY_SPEC), tracking_uri, replicates=replicates or REPLICATES)
-    head = f"the study this demo rehearses: python -m experiments plan {STUDY_SPEC.relative_to(STUDY_SPEC.parents[2])}"
-    return [head, *(format_designs(plan.designs) if plan.designs else ["  (the spec compares no res50/res101 cell)"])]
+@dataclass
+class DemoSweep:
+    spec: SweepSpec
+    tracking_uri: str
+    experiment_id: str
 
 
-def run_demo(workdir: Path, executor: str = "auto") -> int:
-    """Run the demo sweep into ``workdir`` (data, runs, mlflow.db, artifacts, report) and say where everything is."""
-    start = time.perf_counter()
+def run_demo_sweep(workdir: Path, executor: str = "auto") -> DemoSweep:
+    """Run the demo sweep into ``workdir`` (data, runs, mlflow.db, artifacts) and wait for every run to end."""
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     spec = load_spec(DEMO_SPEC)
@@ -86,30 +82,12 @@ def run_demo(workdir: Path, executor: str = "auto") -> int:
         executor = "slurm" if _cluster_up() else "local"
     if executor == "slurm":  # sbatch passes this on: one torch thread per allocated CPU, not one per core
         os.environ.setdefault("OMP_NUM_THREADS", str(spec.slurm.cpus_per_task))
-    print("\n".join(study_designs(uri)) + "\n", flush=True)
     print(f"demo: {len(expand_grid(spec))} runs on the {executor} executor; tracking {uri}", flush=True)
     stop = threading.Event()
-    watcher = threading.Thread(target=_progress, args=(spec, start, stop), daemon=True)
+    watcher = threading.Thread(target=_progress, args=(spec, time.perf_counter(), stop), daemon=True)
     watcher.start()
     try:
         submit(spec, executor, wait=True, tracking_uri=uri)
     finally:
         stop.set()
-    from analysis.report import write_report
-
-    print("writing the report…", flush=True)
-    report = write_report(spec.experiment, uri, workdir / "report")
-    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
-    print(f"report:    {report}  (figures in {report.parent / 'figures'})")
-    print(f"           {report.with_suffix('.html')}  (the same, one file with the figures inlined)")
-    evidence = report.parent / "evidence" / "report.md"
-    print(f"evidence:  {evidence}  (what the seed fork's logs and published pairs say; .html beside it)")
-    print(f"notebook:  make notebook (JupyterLab; elsewhere set DEEPLAB_TRACKING_URI={uri})")
-    print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}, then")
-    # MLflow 3's front page lands in its GenAI view: these open the sweep itself
-    print(f"  runs:    {runs_page_url(UI, eid)}")
-    parent = report_parent(uri, spec.experiment)
-    if parent is not None:
-        print(f"  verdict: {run_page_url(UI, *parent)}  (the sweep's parent run)")
-        print(f"  report:  {run_page_url(UI, *parent, 'report/report.html')}")
-    return 0
+    return DemoSweep(spec, uri, eid)

@@ -46,9 +46,6 @@ class LocalSpec:
     threads_per_job: int = 0  # 0 = cores / parallelism
 
 
-# analysis.sequential.SPENDING, written out: experiments/ is to import nothing from analysis/ (a test keeps them equal)
-SPENDING = ("obrien-fleming", "pocock")
-MAX_LOOKS = 6
 MAX_RUNS = 10_000  # runs one spec may expand to: each is an MLflow run, a run directory and a job
 MAX_SEEDS = 1_000  # seeds per backbone a sequential study may raise its maximum to
 
@@ -214,6 +211,8 @@ def _sequential(data: Any, grid: dict[str, list[Any]], where: str) -> Sequential
     """analysis.sequential, validated: every error names the field."""
     if data is None:
         return None
+    from experiments.sequential import MAX_LOOKS, SPENDING  # here: scipy loads only for a spec that plans looks
+
     if not isinstance(data, dict):
         raise ExperimentsError(f"{where} must be a mapping, e.g. {{looks: [4, 8, 12, 16], spending: obrien-fleming}}")
     _unknown(data, {f.name for f in dataclasses.fields(SequentialSpec)}, where)

@@ -1,7 +1,7 @@
 """A sequential study that moves itself: at each look, analyse the seeds both backbones finished, record the look on
 the sweep's parent run, then submit the next look's seeds or close the study with its decision.
 
-The statistics are analysis.sequential's (imported from analysis/ as the planner's are). The store is the only
+The decision rule is experiments.sequential's, the study design's own (the report reads it too). The store is the only
 state: ``advance`` recomputes every look from the runs' final val mIoU, so it can run at any time, as often as
 wanted, from several processes (the sweep's lock serialises the recording; submission skips runs whose jobs
 live). Δ = the grid's second backbone − its first (res101 − res50 for the shipped study), seeds in grid order.
@@ -24,7 +24,7 @@ from experiments.jobs import JobRecord, alive, read_job, sweep_lock, write_job
 from experiments.spec import RunSpec, SweepSpec, expand_grid, wide_axis
 
 if TYPE_CHECKING:
-    from analysis.sequential import Look, SequentialDesign
+    from experiments.sequential import Look, SequentialDesign
     from experiments.store import ChildRun
 
 STATE_TAG = "study.state"  # continue | equivalent | not equivalent | stalled | cancelled
@@ -58,7 +58,7 @@ def with_seeds(spec: SweepSpec, n: int) -> SweepSpec:
 
 
 def design_of(spec: SweepSpec) -> SequentialDesign:
-    from analysis.sequential import SequentialDesign
+    from experiments.sequential import SequentialDesign
 
     s = spec.sequential
     assert s is not None and spec.margin is not None  # load_spec: a sequential spec has both
@@ -116,7 +116,7 @@ def _final(child: ChildRun | None) -> float | None:
 
 def assess(spec: SweepSpec, children: dict[str, ChildRun], parent_tags: dict[str, str] | None = None) -> Assessment:
     """The looks the seeds finished by both backbones reach (in seed order), and what the study needs next."""
-    from analysis.sequential import analyse, decision
+    from experiments.sequential import analyse, decision
 
     design = design_of(spec)
     first, second = spec.grid["model.backbone"]

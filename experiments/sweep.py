@@ -20,8 +20,8 @@ from experiments.errors import ExperimentsError
 from experiments.follow import failure_line, run_local, wait_for
 from experiments.jobs import JOB_ID_FILE, JobRecord, alive, read_job, sweep_lock, write_job
 from experiments.launch import RunJob
-from experiments.plan import memory_lines
 from experiments.reconcile import reconcile
+from experiments.resources import memory_lines
 from experiments.spec import RunSpec, SweepSpec, expand_grid
 from experiments.store import (
     ChildRun,

@@ -490,7 +490,7 @@ def _cases(tmp: Path, data: Path, trained: Path, read_only: Path | None) -> list
             ["analysis", "report", "--experiment", "x", "--out", "/sys/report", "--tracking-uri", store],
             "cannot write in /sys",
         ),
-        Case("demo --workdir is a file", ["experiments", "demo", "--workdir", str(tmp / "a_file")], "is a file"),
+        Case("demo --workdir is a file", ["analysis", "demo", "--workdir", str(tmp / "a_file")], "is a file"),
         Case(
             "server --artifact-root in /sys",
             ["experiments", "server", "--backend-store-uri", store, "--artifact-root", "/sys/art", "--port", "5999"],

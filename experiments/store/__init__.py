@@ -10,7 +10,7 @@ query for metric histories, used only on the schema revision it was checked agai
 - mirror.py: a run directory's record mirrored into its MLflow run (idempotent), a record's MLflow identity
 - sweeps.py: a sweep's parent run (its grid axes) and child runs, their records
 - read.py: run records, metric histories, first points, artifacts
-- publish.py: a report on its sweep's parent run (description, summary metrics, report artifacts)
+- publish.py: a sweep's parent run, and descriptions, summary metrics and artifacts published onto it
 - views.py: the experiment tags and URLs that open MLflow's UI on the runs table with useful columns
 """
 
@@ -29,7 +29,7 @@ from experiments.store.mirror import (
     update_record,
     write_run_id,
 )
-from experiments.store.publish import publish_report, report_link, report_parent
+from experiments.store.publish import artifact_link, publish_to_run, sweep_parent
 from experiments.store.read import (
     RunRecord,
     download_artifact,
@@ -98,6 +98,7 @@ __all__ = [
     "RunRecord",
     "StoreGone",
     "append_points",
+    "artifact_link",
     "axis_tags",
     "axis_value",
     "batches",
@@ -123,12 +124,10 @@ __all__ = [
     "params_of",
     "parent_run",
     "point",
-    "publish_report",
+    "publish_to_run",
     "read_run_id",
     "record_run",
     "redact",
-    "report_link",
-    "report_parent",
     "resolve_tracking_uri",
     "run_page_url",
     "run_records",
@@ -141,6 +140,7 @@ __all__ = [
     "sqlite_path",
     "start_record",
     "sweep_axes",
+    "sweep_parent",
     "tag_run",
     "tags_of",
     "update_parent",

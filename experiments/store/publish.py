@@ -1,16 +1,16 @@
-"""A report published where researchers look: on its sweep's parent run, in MLflow's UI.
+"""Notes, summary metrics and artifacts on a sweep's parent run, where MLflow's UI shows them.
 
-The parent run gets a description (``mlflow.note.content``), summary metrics at step 0, and report.md, report.html
-and the figures as artifacts under ``report/``; the experiment's description is a one-line headline. What they say
-is the caller's (``analysis.landing``): this module speaks MLflow only. A re-run replaces what an earlier one wrote:
-the descriptions are overwritten, each metric is logged at step 0 again (the newest point is the one the UI shows;
-the history keeps one point per publication) and artifacts of the same name are overwritten.
+The experiment's description and the run's (``mlflow.note.content``), metrics at step 0, and files or folders as
+artifacts. What they say, which metrics and which files go where are the caller's (``analysis.landing`` publishes the
+report): this module speaks MLflow only. A re-run replaces what an earlier one wrote: the descriptions are
+overwritten, each metric is logged at step 0 again (the newest point is the one the UI shows; the history keeps one
+point per publication) and artifacts of the same path are overwritten.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
 
 from mlflow.entities import Metric
@@ -21,10 +21,9 @@ from experiments.store.views import experiment_view_tags, run_page_url
 from experiments.store.write import find_experiment, log, log_artifact, search
 
 NOTE = "mlflow.note.content"  # the description MLflow's UI shows on a run and an experiment
-REPORT_DIR = "report"  # artifact folder on the parent run
 
 
-def report_parent(uri: str, experiment: str) -> tuple[str, str] | None:
+def sweep_parent(uri: str, experiment: str) -> tuple[str, str] | None:
     """(experiment id, parent run id) of the experiment's sweep: the parent named after the experiment, else its
     only parent; None when there is none (runs imported with ``analysis import-log``) or several."""
     eid = find_experiment(uri, experiment)
@@ -36,32 +35,22 @@ def report_parent(uri: str, experiment: str) -> tuple[str, str] | None:
     return (eid, chosen[0].info.run_id) if len(chosen) == 1 else None
 
 
-def report_link(experiment_id: str, run_id: str) -> str:
-    """The UI's address of the published report.html, relative to the UI's page (a description's link)."""
-    return "#" + run_page_url("", experiment_id, run_id, f"{REPORT_DIR}/report.html").split("#", 1)[1]
+def artifact_link(experiment_id: str, run_id: str, path: str) -> str:
+    """The UI's address of a run's artifact, relative to the UI's page (a link in a description)."""
+    return "#" + run_page_url("", experiment_id, run_id, path).split("#", 1)[1]
 
 
-def publish_report(
-    uri: str, experiment: str, *, headline: str, description: Callable[[str], str], metrics: dict[str, float],
-    out: Path,
-) -> str | None:  # fmt: skip
-    """Publish the report in ``out`` to the sweep's parent run; returns its id, or None when there is no parent.
-    ``headline`` becomes the experiment's description, ``description(link to report.html)`` the parent run's."""
-    found = report_parent(uri, experiment)
-    if found is None:
-        return None
-    eid, run_id = found
+def publish_to_run(
+    uri: str, experiment_id: str, run_id: str, *, experiment_note: str, run_note: str, metrics: dict[str, float],
+    artifacts: Iterable[tuple[Path, str]] = (),
+) -> None:  # fmt: skip
+    """The experiment's and the run's descriptions, ``metrics`` at step 0 and each (local file or folder, artifact
+    path) of ``artifacts`` onto the run."""
     client = open_client(uri)
     # experiments made before the view tags existed get them here
-    for key, value in {**experiment_view_tags(), NOTE: headline}.items():
-        client.set_experiment_tag(eid, key, value)
+    for key, value in {**experiment_view_tags(), NOTE: experiment_note}.items():
+        client.set_experiment_tag(experiment_id, key, value)
     now = int(time.time() * 1000)
-    points = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-    log(uri, run_id, metrics=points, tags={NOTE: description(report_link(eid, run_id))})
-    out = Path(out)
-    for name in ("report.md", "report.html"):
-        log_artifact(uri, run_id, out / name, REPORT_DIR)
-    for folder in ("figures", "evidence"):  # evidence: the public-evidence report on its own (also report.html's end)
-        if (out / folder).is_dir():
-            log_artifact(uri, run_id, out / folder, f"{REPORT_DIR}/{folder}")
-    return run_id
+    log(uri, run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()], tags={NOTE: run_note})
+    for local, artifact_path in artifacts:
+        log_artifact(uri, run_id, local, artifact_path)

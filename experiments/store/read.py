@@ -31,7 +31,7 @@ HISTORY_COLUMNS = ["run_id", "metric", "step", "value", "timestamp"]
 
 @dataclass
 class RunRecord:
-    """A run as the analysis reads it: info, params, tags and the latest value of each metric."""
+    """A run as ``search_runs`` returns it, flattened: info, params, tags and the latest value of each metric."""
 
     run_id: str
     name: str

@@ -11,8 +11,8 @@ from analysis.cells import study_axes
 from analysis.comparison import CellComparison
 from analysis.landing import HEADLINE_MAX, headline
 from analysis.looks import Cost, cell_looks
-from analysis.sequential import SequentialDesign
 from analysis.stats import tost_equivalence
+from experiments.sequential import SequentialDesign
 
 DESIGN = SequentialDesign((4, 8, 12, 16), 0.5, futility=True)
 

@@ -19,7 +19,7 @@ from analysis.looks import (
     sequential_design,
     study_spec,
 )
-from analysis.sequential import SequentialDesign, analyse
+from experiments.sequential import SequentialDesign, analyse
 from experiments.spec import load_spec
 
 STUDY = REPO / "experiments" / "sweeps" / "r50_vs_r101_cityscapes.yaml"

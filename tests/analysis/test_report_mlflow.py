@@ -12,9 +12,9 @@ from mlflow.tracking import MlflowClient
 from analysis.cells import DELTA_DEFINITION, DELTA_METRIC
 from analysis.comparison import compare
 from analysis.frames import runs_frame
-from analysis.landing import HEADLINE_MAX, publish_to_mlflow
+from analysis.landing import HEADLINE_MAX, publish_to_mlflow, report_artifacts
 from analysis.report import write_report
-from experiments.store import publish_report, record_run, report_parent
+from experiments.store import artifact_link, publish_to_run, record_run, sweep_parent
 from experiments.store.publish import NOTE
 from experiments.store.views import EXPERIMENT_KIND, SHARED_VIEW, VIEW_KEY, VIEW_NAME
 
@@ -27,7 +27,7 @@ def published(sweep_store: SweepStore, tmp_path_factory: pytest.TempPathFactory)
     """The report written (and published) once; the out dir and the parent run's id."""
     out = tmp_path_factory.mktemp("published")
     write_report(sweep_store.experiment, sweep_store.tracking_uri, out, n_boot=100)
-    found = report_parent(sweep_store.tracking_uri, sweep_store.experiment)
+    found = sweep_parent(sweep_store.tracking_uri, sweep_store.experiment)
     assert found is not None, "the fixture sweep has a parent run"
     return out, found[1]
 
@@ -128,9 +128,10 @@ def test_a_second_publication_replaces_the_first(published: tuple[Path, str], sw
     before = {f.path for f in client.list_artifacts(parent, "report")}
     key = f"{DELTA_METRIC}/4_iters"
     published_before = len(client.get_metric_history(parent, key))  # other tests report too
-    again = publish_report(uri, sweep_store.experiment, headline="second", description=lambda link: f"again {link}",
-                           metrics={key: 1.25}, out=out)  # fmt: skip
-    assert again == parent
+    eid = experiment_id(sweep_store)
+    note = f"again {artifact_link(eid, parent, 'report/report.html')}"
+    publish_to_run(uri, eid, parent, experiment_note="second", run_note=note, metrics={key: 1.25},
+                   artifacts=report_artifacts(out))  # fmt: skip
     run = client.get_run(parent)
     assert run.data.metrics[key] == 1.25
     history = client.get_metric_history(parent, key)
@@ -152,4 +153,4 @@ def test_runs_without_a_parent_are_not_published(tmp_path: Path, capsys: pytest.
     publish_to_mlflow(compare("imported", uri, n_boot=10), tmp_path)
     said = capsys.readouterr().out.strip().splitlines()
     assert len(said) == 1 and "no single sweep parent run" in said[0]
-    assert report_parent(uri, "imported") is None
+    assert sweep_parent(uri, "imported") is None

@@ -14,7 +14,7 @@ from tiny import REPO
 
 from analysis.cells import DELTA_DEFINITION, DELTA_METRIC, DELTA_NAME
 from analysis.report import write_report
-from experiments.store import report_parent
+from experiments.store import sweep_parent
 from experiments.store.publish import NOTE
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def outputs(sweep_store: SweepStore, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("sign")
     write_report(sweep_store.experiment, sweep_store.tracking_uri, out, n_boot=50)
     client = MlflowClient(sweep_store.tracking_uri)
-    parent = report_parent(sweep_store.tracking_uri, sweep_store.experiment)[1]
+    parent = sweep_parent(sweep_store.tracking_uri, sweep_store.experiment)[1]
     run = client.get_run(parent)
     texts = {name: (out / name).read_text() for name in ("report.md", "report.html")}
     texts |= {f"evidence/{name}": (out / "evidence" / name).read_text() for name in ("report.md", "report.html")}

@@ -74,7 +74,7 @@ def test_every_store_command_gives_up_on_a_silent_server_in_one_line(silent_serv
 
 def test_plan_goes_on_without_a_silent_store_and_says_so(silent_server: str, tmp_path: Path) -> None:
     """The planner needs the store only for measured figures: it notes the silence and plans from the evidence."""
-    argv = [sys.executable, "-m", "experiments", "plan", str(STUDY), "--replicates", "1000", "--tracking-uri"]
+    argv = [sys.executable, "-m", "analysis", "plan", str(STUDY), "--replicates", "1000", "--tracking-uri"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     out = subprocess.run([*argv, silent_server], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

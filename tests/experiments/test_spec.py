@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from experiments.errors import ExperimentsError
 from experiments.spec import expand_grid, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SWEEPS = REPO / "experiments" / "sweeps"
+STUDY = SWEEPS / "r50_vs_r101_cityscapes.yaml"
 
 
 def test_the_study_expands_to_32_distinct_runs() -> None:
@@ -132,3 +134,56 @@ def test_dry_run_creates_nothing(tmp_path: Path) -> None:
     assert out.stdout.startswith("study: look 1 needs 4 seeds per backbone: 0/8 runs FINISHED\n")  # sequential
     assert "dry run: 8 runs, nothing submitted" in out.stdout
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def _write(tmp_path: Path, analysis: dict, seeds: int = 16) -> Path:
+    spec = yaml.safe_load(STUDY.read_text())
+    spec |= {"base": str(REPO / "configs" / "cityscapes_r101_seed.yaml"), "analysis": analysis}
+    spec["grid"]["train.seed"] = list(range(seeds))
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sequential", "message"),
+    [
+        ({"looks": [4, 4, 16]}, "analysis.sequential.looks must be 1 to 6 increasing seed counts"),
+        ({"looks": [4, 8, 12]}, "analysis.sequential.looks must end at the grid's 16 seeds, got 12"),
+        (
+            {"looks": [16], "spending": "haybittle"},
+            "analysis.sequential.spending must be one of obrien-fleming, pocock",
+        ),
+        ({"looks": [8, 16], "futility": "yes"}, "analysis.sequential.futility must be true or false"),
+        ({"looks": [8, 16], "max_seeds": 12}, "analysis.sequential.max_seeds must be a whole number from the last"),
+        ({"looks": [8, 16], "max_seeds": 10**9}, "max_seeds must be a whole number from the last look (16) to 1000"),
+        ({"looks": [8, 16], "max_seeds": 32}, "analysis.sequential.planning_sd: needed when max_seeds"),
+        ({"looks": [8, 16], "planning_sd": -1}, "analysis.sequential.planning_sd must be a positive number"),
+        ({"look": [8, 16]}, "analysis.sequential: unknown key 'look' (did you mean looks?)"),
+        ([4, 8], "analysis.sequential must be a mapping"),
+    ],
+)
+def test_a_bad_sequential_section_is_one_line_naming_the_field(tmp_path: Path, sequential, message: str) -> None:
+    with pytest.raises(ExperimentsError) as err:
+        load_spec(_write(tmp_path, {"margin": 0.5, "sequential": sequential}))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("analysis", "grid", "message"),
+    [
+        ({}, {}, "analysis.margin is needed by analysis.sequential"),
+        ({"margin": 0.5}, {"model.backbone": ["resnet50"]}, "needs grid.model.backbone, the two backbones compared"),
+        ({"margin": 0.5}, {"train.seed": [0, 0, *range(1, 15)]}, "grid.train.seed, a list of distinct whole"),
+    ],
+)
+def test_a_sequential_study_compares_one_configuration_of_two_backbones(
+    tmp_path: Path, analysis: dict, grid: dict, message: str
+) -> None:
+    path = _write(tmp_path, {**analysis, "sequential": {"looks": [8, 16]}})
+    spec = yaml.safe_load(path.read_text())
+    spec["grid"] |= grid
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
+    with pytest.raises(ExperimentsError) as err:
+        load_spec(path)
+    assert message in str(err.value) and "\n" not in str(err.value)

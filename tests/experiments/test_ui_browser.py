@@ -26,7 +26,7 @@ from tiny import REPO, TINY
 
 from analysis.landing import HEADLINE_MAX
 from experiments.server import running_server
-from experiments.store import report_parent, run_page_url, runs_page_url
+from experiments.store import run_page_url, runs_page_url, sweep_parent
 from experiments.store.views import VIEW_NAME
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -184,7 +184,7 @@ def test_mlflow_ui_shows_the_verdict_and_the_runs_table(tmp_path: Path) -> None:
         sync_playwright() as playwright,
     ):
         run_report(server, tmp_path / "report")
-        parent = report_parent(uri, SWEEP)[1]
+        parent = sweep_parent(uri, SWEEP)[1]
         headline = client.get_experiment_by_name(SWEEP).tags["mlflow.note.content"]
         assert headline.startswith("synthetic: Δ = res101 − res50: ") and len(headline) <= HEADLINE_MAX
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)

@@ -34,7 +34,7 @@ SPENDING = ("obrien-fleming", "pocock")
 MAX_LOOKS = 6  # scipy's multivariate normal CDF: seconds per boundary set beyond this
 # A maximum raised by the pilot's sd lifts P(equivalence) at Δ = ±margin to ~0.052–0.054 at α = 0.05 (the final
 # variance estimate runs low: a small pilot sd ends the study sooner). Spending 0.9 α keeps it below α for true sds
-# from 0.2 to 1.0, equal or not (analysis.sequential_sim; tests/analysis/test_sequential.py).
+# from 0.2 to 1.0, equal or not (analysis.sequential_sim; tests/experiments/test_sequential.py).
 PILOT_ALPHA_SHARE = 0.9
 
 

@@ -1,4 +1,4 @@
-"""Group-sequential equivalence (analysis.sequential): published boundaries, and by simulation the type I error at
+"""Group-sequential equivalence (experiments.sequential): published boundaries, and by simulation the type I error at
 ±margin, the power at Δ = 0, the expected seeds and the pilot rule (analysis.sequential_sim).
 
 Every simulated figure is asserted with a margin of at least 4 Monte Carlo standard errors (se stated beside it),
@@ -15,9 +15,9 @@ import pytest
 from scipy import stats as sps
 
 from analysis.power import tost_power
-from analysis.sequential import SequentialDesign, analyse, boundaries, decision, raised_maximum, spent_alpha
 from analysis.sequential_sim import outcomes, simulate
 from analysis.stats import tost_equivalence
+from experiments.sequential import SequentialDesign, analyse, boundaries, decision, raised_maximum, spent_alpha
 
 LOOKS = (4, 8, 12, 16)
 OBF = SequentialDesign(LOOKS, 0.5)

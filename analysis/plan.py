@@ -1,4 +1,4 @@
-"""`experiments plan SPEC`: what a sweep costs (runs, iterations, GPU-hours) and what it can show (TOST power).
+"""`analysis plan SPEC`: what a sweep costs (runs, iterations, GPU-hours) and what it can show (TOST power).
 
 Seconds per iteration come from finished GPU runs of the same cell config in the store (wall time, validation
 included, over iterations; the schedule length and seed do not change it), else from an anchor: the seed
@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from deeplab.data import cost as data_cost
+from experiments.resources import gpus_per_run, grid_key, grid_label, memory_lines
 from experiments.spec import RunSpec, SweepSpec, expand_grid
 
 if TYPE_CHECKING:
-    from analysis.sequential import SequentialDesign
     from analysis.sequential_sim import Simulated
+    from experiments.sequential import SequentialDesign
 
 ANCHOR_S_PER_IT = 0.82  # the fork's log: ~82 s per 100 iterations
 ANCHOR = (
@@ -77,10 +78,6 @@ class Plan:
     @property
     def gpu_hours(self) -> float:
         return sum(c.gpu_hours(self.gpus) for c in self.cells)
-
-
-def _key(values: dict[str, Any], drop: set[str]) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in values.items() if k not in drop))
 
 
 _FLOPS: dict[tuple[str, tuple[int, int]], int] = {}  # model_info builds the model: seconds per config
@@ -141,7 +138,7 @@ def _measured(spec: SweepSpec, runs: list[RunSpec], frame: Any, notes: list[str]
         notes.append(f"store: {len(mine) - len(gpu)} finished run(s) not on a GPU, not used for GPU-hours")
     for row in gpu.itertuples():
         run = by_hash[row.config_hash]
-        key = _key(run.values, {"train.iterations", "train.seed"})
+        key = grid_key(run.values, {"train.iterations", "train.seed"})
         found.setdefault(key, []).append(3600 * row.wall_hours / run.config.train.iterations)
     return found
 
@@ -155,16 +152,11 @@ def _store_sd(runs: list[RunSpec], frame: Any, notes: list[str]) -> float | None
     if mine.synthetic.any():
         notes.append("store: synthetic runs say nothing about Cityscapes' run-to-run noise; not used for the sd")
         return None
-    cells = mine.groupby(mine.config_hash.map(lambda h: _key(by_hash[h].values, {"train.seed"}))).miou
+    cells = mine.groupby(mine.config_hash.map(lambda h: grid_key(by_hash[h].values, {"train.seed"}))).miou
     dof = sum(len(g) - 1 for _, g in cells if len(g) > 1)
     if not dof:
         return None
     return math.sqrt(sum((len(g) - 1) * g.var(ddof=1) for _, g in cells if len(g) > 1) / dof)
-
-
-def gpus_per_run(spec: SweepSpec) -> int:
-    """GPUs one run of the sweep holds (nodes × GPUs per node)."""
-    return spec.slurm.nodes * spec.slurm.gpus_per_node
 
 
 def cell_costs(spec: SweepSpec, runs: list[RunSpec], frame: Any, notes: list[str]) -> list[Cell]:
@@ -173,10 +165,10 @@ def cell_costs(spec: SweepSpec, runs: list[RunSpec], frame: Any, notes: list[str
     measured = _measured(spec, runs, frame, notes)
     groups: dict[tuple, list[RunSpec]] = {}
     for run in runs:
-        groups.setdefault(_key(run.values, {"train.seed"}), []).append(run)
+        groups.setdefault(grid_key(run.values, {"train.seed"}), []).append(run)
     cells = []
     for members in groups.values():
-        times = measured.get(_key(members[0].values, {"train.iterations", "train.seed"}))
+        times = measured.get(grid_key(members[0].values, {"train.iterations", "train.seed"}))
         if times:
             s_per_it, source = sorted(times)[len(times) // 2], f"measured: median of {len(times)} finished GPU run(s)"
         else:
@@ -219,7 +211,7 @@ def plan_study(
     plan = Plan(spec, gpus, cells, margin, margin_source, sd, sd_source, delta, alpha, notes=notes)
     pairs: dict[tuple, dict[str, Cell]] = {}
     for cell in cells:
-        pairs.setdefault(_key(cell.values, {"model.backbone"}), {})[cell.values.get("model.backbone", "")] = cell
+        pairs.setdefault(grid_key(cell.values, {"model.backbone"}), {})[cell.values.get("model.backbone", "")] = cell
     for both in pairs.values():
         if {"resnet50", "resnet101"} <= set(both):
             n_a, n_b = len(both["resnet50"].runs), len(both["resnet101"].runs)
@@ -232,13 +224,8 @@ def plan_study(
     return plan
 
 
-def _label(values: dict[str, Any]) -> str:
-    short = {"model.backbone": "", "train.iterations": "it="}
-    return " ".join(f"{short.get(k, k + '=')}{v}" for k, v in values.items()) or "(one cell)"
-
-
 def format_plan(plan: Plan) -> str:
-    """The plan as the lines `experiments plan` prints."""
+    """The plan as the lines `analysis plan` prints."""
     spec, runs = plan.spec, sum(len(c.runs) for c in plan.cells)
     seeds = sorted({len(c.runs) for c in plan.cells})
     iterations = sum(c.iterations * len(c.runs) for c in plan.cells)
@@ -251,7 +238,7 @@ def format_plan(plan: Plan) -> str:
     ]
     for c in plan.cells:
         lines.append(
-            f"  {_label(c.values):<24} {len(c.runs):>6} {c.iterations:>11} {c.s_per_it:>7.2f} "
+            f"  {grid_label(c.values):<24} {len(c.runs):>6} {c.iterations:>11} {c.s_per_it:>7.2f} "
             f"{c.gpu_hours(plan.gpus):>10.1f}  {c.source}"
         )
     longest = max(plan.cells, key=lambda c: c.s_per_it * c.iterations)
@@ -260,7 +247,8 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  anchor: {ANCHOR}")
     lines += [
         f"  {'total':<24} {runs:>6} {'':>11} {'':>7} {plan.gpu_hours:>10.1f}",
-        f"  longest run: {longest.s_per_it * longest.iterations / 3600:.1f} h of wall time ({_label(longest.values)})",
+        f"  longest run: {longest.s_per_it * longest.iterations / 3600:.1f} h of wall time "
+        f"({grid_label(longest.values)})",
         f"  {data_cost.describe(fastest.runs[0].config.data, fastest.s_per_it, 'the fastest cell')}",
         "",
         f"equivalence: Welch TOST res50 vs res101 at ±{plan.margin:g} points ({plan.margin_source}), "
@@ -271,7 +259,7 @@ def format_plan(plan: Plan) -> str:
         lines.append("  the grid does not pair resnet50 with resnet101 cells: no comparison to power")
     for c in plan.comparisons:
         lines.append(
-            f"  {_label(c.values)}: {c.n_a} vs {c.n_b} seeds → power {c.power:.2f} at a true Δ of 0, "
+            f"  {grid_label(c.values)}: {c.n_a} vs {c.n_b} seeds → power {c.power:.2f} at a true Δ of 0, "
             f"{c.power_at_delta:.2f} at Δ = {plan.delta:g}"
         )
     lines.append(_needed(plan))
@@ -279,27 +267,6 @@ def format_plan(plan: Plan) -> str:
     lines += ["", *memory_lines([r for c in plan.cells for r in c.runs], plan.gpus)]
     lines += [f"  note: {note}" for note in plan.notes]
     return "\n".join(lines)
-
-
-def memory_lines(runs: list[RunSpec], world_size: int) -> list[str]:
-    """GPU memory per GPU of each cell (deeplab.memory's estimate) and a warning line for each cell that a 16 or
-    24 GB card cannot hold: said before anything is submitted."""
-    from deeplab.memory import card_warning, estimate_training_memory
-
-    cells: dict[tuple, RunSpec] = {}
-    for run in runs:
-        cells.setdefault(_key(run.values, {"train.seed"}), run)
-    lines = [f"GPU memory per GPU, training ({world_size} ranks; estimate ±25%, deeplab.memory):"]
-    for run in cells.values():
-        label, c = _label({k: v for k, v in run.values.items() if k != "train.seed"}), run.config
-        estimate = estimate_training_memory(c, world_size)
-        (h, w), b = c.data.crop_size, c.data.batch_size_per_gpu
-        lines.append(
-            f"  {label:<24} {estimate.gb:5.1f} GB  ({c.model.backbone}, {h}×{w} crop, {b}/GPU, amp {c.train.amp})"
-        )
-        if (warning := card_warning(estimate)) is not None:
-            lines.append(f"  WARNING {label}: {warning}; ask for larger GPUs (executor.slurm.constraint)")
-    return lines
 
 
 def _needed(plan: Plan) -> str:
@@ -320,8 +287,6 @@ def _needed(plan: Plan) -> str:
 
 
 # ---- fixed vs sequential design, in GPU-hours (issue 19 §2) -------------------------------------------------
-# The statistics are analysis.sequential's (imported from analysis/ as the power above is, until the planner's
-# statistics side moves there: experiments/ is to import nothing from analysis/).
 DELTAS = (0.0, 0.25, 0.5, 1.0)  # true |res101 − res50| in points; the evidence's pooled gap is added
 SDS = (
     (0.3, "assumed: a quieter recipe than the evidence suggests"),
@@ -359,8 +324,8 @@ def _evidence_gap() -> float:
 
 def plan_designs(plan: Plan, store_sd: float | None, replicates: int = REPLICATES) -> Designs | None:
     """The fixed design and the spec's sequential one simulated over true Δ and sd (None: nothing to compare)."""
-    from analysis.sequential import SequentialDesign
     from analysis.sequential_sim import simulate
+    from experiments.sequential import SequentialDesign
 
     spec = plan.spec
     if not plan.comparisons:
@@ -400,7 +365,7 @@ def _design_fields(seq: Any) -> dict[str, Any]:
 
 
 def format_designs(d: Designs) -> list[str]:
-    """The design comparison as `experiments plan` prints it."""
+    """The design comparison as `analysis plan` prints it."""
     fixed_n, seq = d.fixed.looks[0], d.sequential
     lines = ["", f"designs, in GPU-hours ({d.seed_cost:.1f} per seed of both backbones, every comparison included):"]
     test = "paired t (ρ 0 in the table; by ρ below)" if d.fixed.paired else "Welch"
