@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from deeplab.data import cost as data_cost
+from experiments.axes import pieces
 from experiments.spec import RunSpec, SweepSpec, expand_grid
 
 if TYPE_CHECKING:
@@ -233,8 +234,7 @@ def plan_study(
 
 
 def _label(values: dict[str, Any]) -> str:
-    short = {"model.backbone": "", "train.iterations": "it="}
-    return " ".join(f"{short.get(k, k + '=')}{v}" for k, v in values.items()) or "(one cell)"
+    return " ".join(pieces(values)) or "(one cell)"
 
 
 def format_plan(plan: Plan) -> str:
@@ -247,11 +247,11 @@ def format_plan(plan: Plan) -> str:
         f"  {runs} runs: {len(plan.cells)} cells × {'/'.join(map(str, seeds))} seeds, {plan.gpus} GPUs per run "
         f"({spec.slurm.nodes} node × {spec.slurm.gpus_per_node}), {iterations:,} iterations in all",
         "",
-        f"  {'cell':<24} {'seeds':>6} {'iterations':>11} {'s/iter':>7} {'GPU-hours':>10}  s/iter from",
+        f"  {'cell':<36} {'seeds':>6} {'iterations':>11} {'s/iter':>7} {'GPU-hours':>10}  s/iter from",
     ]
     for c in plan.cells:
         lines.append(
-            f"  {_label(c.values):<24} {len(c.runs):>6} {c.iterations:>11} {c.s_per_it:>7.2f} "
+            f"  {_label(c.values):<36} {len(c.runs):>6} {c.iterations:>11} {c.s_per_it:>7.2f} "
             f"{c.gpu_hours(plan.gpus):>10.1f}  {c.source}"
         )
     longest = max(plan.cells, key=lambda c: c.s_per_it * c.iterations)
@@ -259,7 +259,7 @@ def format_plan(plan: Plan) -> str:
     if any(c.source.startswith("anchor") for c in plan.cells):
         lines.append(f"  anchor: {ANCHOR}")
     lines += [
-        f"  {'total':<24} {runs:>6} {'':>11} {'':>7} {plan.gpu_hours:>10.1f}",
+        f"  {'total':<36} {runs:>6} {'':>11} {'':>7} {plan.gpu_hours:>10.1f}",
         f"  longest run: {longest.s_per_it * longest.iterations / 3600:.1f} h of wall time ({_label(longest.values)})",
         f"  {data_cost.describe(fastest.runs[0].config.data, fastest.s_per_it, 'the fastest cell')}",
         "",
@@ -295,7 +295,7 @@ def memory_lines(runs: list[RunSpec], world_size: int) -> list[str]:
         estimate = estimate_training_memory(c, world_size)
         (h, w), b = c.data.crop_size, c.data.batch_size_per_gpu
         lines.append(
-            f"  {label:<24} {estimate.gb:5.1f} GB  ({c.model.backbone}, {h}×{w} crop, {b}/GPU, amp {c.train.amp})"
+            f"  {label:<36} {estimate.gb:5.1f} GB  ({c.model.backbone}, {h}×{w} crop, {b}/GPU, amp {c.train.amp})"
         )
         if (warning := card_warning(estimate)) is not None:
             lines.append(f"  WARNING {label}: {warning}; ask for larger GPUs (executor.slurm.constraint)")
