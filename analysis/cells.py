@@ -4,14 +4,16 @@ with more than one value splits the runs into cells that are compared only withi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from analysis.frames import CONFIG_COLUMNS
+from analysis.frames import column
 from analysis.html import md_escape
+from experiments.axes import pieces, short_names
 
 COMPARE, REPLICATE, SCHEDULE = "model.backbone", "train.seed", "train.iterations"
 SHORT = {"resnet50": "res50", "resnet101": "res101"}
@@ -28,10 +30,20 @@ class StudyAxes:
     a: str  # Δ = a − b
     b: str
     cell_keys: tuple[str, ...]  # dotted config keys; train.iterations first
+    grid_keys: tuple[str, ...] = ()  # every axis of the recorded grid: short names are chosen among them all
 
     @property
     def cell_columns(self) -> list[str]:
         return [column(k) for k in self.cell_keys]
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Each axis's short name, as the sweep's tags and run names spell it (experiments.axes)."""
+        return short_names([*self.grid_keys, *self.cell_keys])
+
+    def label(self, values: Mapping[str, Any]) -> str:
+        """'iterations=4, weights=none': cell axis values (dotted key → value) as the runs' tags spell them."""
+        return ", ".join(pieces(values, self.names))
 
     @property
     def delta_name(self) -> str:
@@ -45,9 +57,35 @@ class StudyAxes:
         return f"{SHORT.get(self.a if delta > 0 else self.b, self.a if delta > 0 else self.b)} ahead"
 
 
-def column(key: str) -> str:
-    """The runs frame's column for a dotted config key (short names for the three classic ones)."""
-    return CONFIG_COLUMNS.get(key, key)
+@dataclass(frozen=True)
+class CellKey:
+    """A cell by the value of each cell axis: ``key.iterations``, ``key["model.weights"]``."""
+
+    values: tuple[tuple[str, Any], ...]  # (dotted config key, value), the study's cell axes in order
+
+    @classmethod
+    def of(cls, axes: StudyAxes, values: Sequence | Any) -> CellKey:
+        """From a group key of the runs frame's ``axes.cell_columns`` (a scalar when there is one)."""
+        values = values if isinstance(values, tuple) else (values,)
+        return cls(tuple(zip(axes.cell_keys, values, strict=True)))
+
+    def __getitem__(self, key: str) -> Any:
+        return dict(self.values)[key]
+
+    @property
+    def iterations(self) -> int:
+        return int(self[SCHEDULE])
+
+    @property
+    def others(self) -> dict[str, Any]:
+        """The cell's axes but the schedule (dotted key → value)."""
+        return {k: v for k, v in self.values if k != SCHEDULE}
+
+
+class Cell(NamedTuple):
+    key: CellKey
+    a: pd.DataFrame  # the runs of axes.a
+    b: pd.DataFrame
 
 
 def study_axes(grid: dict[str, list], runs: pd.DataFrame) -> StudyAxes:
@@ -60,30 +98,29 @@ def study_axes(grid: dict[str, list], runs: pd.DataFrame) -> StudyAxes:
     for key in others:
         if column(key) not in runs.columns:
             raise AnalysisError(f"sweep axis {key!r} is not a param of the runs")
-    return StudyAxes(a, b, (SCHEDULE, *others))
+    return StudyAxes(a, b, (SCHEDULE, *others), tuple(grid))
 
 
-def cell_label(axes: StudyAxes, key: tuple) -> str:
-    """'4 iterations' or '4 iterations, model.weights=none': how a cell is named in the verdict and figures."""
-    text = f"{int(key[0])} iterations"
-    return ", ".join([text, *(f"{k}={v}" for k, v in zip(axes.cell_keys[1:], key[1:], strict=True))])
+def cell_label(axes: StudyAxes, key: CellKey) -> str:
+    """'iterations=4' or 'iterations=4, weights=none': a cell in the verdict and figures, as its runs' tags say."""
+    return axes.label(dict(key.values))
 
 
-def iter_cells(runs: pd.DataFrame, axes: StudyAxes) -> Iterator[tuple[tuple, pd.DataFrame, pd.DataFrame]]:
-    """(cell key, runs of a, runs of b) for every cell that has runs of both backbones, in sorted order."""
-    for key, cell in runs.groupby(axes.cell_columns, dropna=False, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
+def iter_cells(runs: pd.DataFrame, axes: StudyAxes) -> Iterator[Cell]:
+    """Every cell that has runs of both backbones, in sorted order."""
+    for values, cell in runs.groupby(axes.cell_columns, dropna=False, sort=True):
         a, b = cell[cell.backbone == axes.a], cell[cell.backbone == axes.b]
         if len(a) and len(b):
-            yield key, a, b
+            yield Cell(CellKey.of(axes, values), a, b)
 
 
 def missing_cells(runs_all: pd.DataFrame, runs: pd.DataFrame, axes: StudyAxes) -> list[str]:
-    """'resnet50 @ 4 iterations' for each backbone × cell seen in the experiment with no FINISHED run."""
-    seen = set(runs_all[axes.cell_columns].itertuples(index=False, name=None))
-    done = set(runs[["backbone", *axes.cell_columns]].itertuples(index=False, name=None))
-    order = sorted(seen, key=lambda k: (k[0], str(k[1:])))  # schedule numerically, then the other axes
-    return [f"{bb} @ {cell_label(axes, k)}" for k in order for bb in (axes.a, axes.b) if (bb, *k) not in done]
+    """'resnet50 @ iterations=4' for each backbone × cell seen in the experiment with no FINISHED run."""
+    seen = {CellKey.of(axes, v) for v in runs_all[axes.cell_columns].itertuples(index=False, name=None)}
+    rows = runs[["backbone", *axes.cell_columns]].itertuples(index=False, name=None)
+    done = {(backbone, CellKey.of(axes, tuple(values))) for backbone, *values in rows}
+    order = sorted(seen, key=lambda k: (k.iterations, str(tuple(k.others.values()))))
+    return [f"{bb} @ {cell_label(axes, k)}" for k in order for bb in (axes.a, axes.b) if (bb, k) not in done]
 
 
 def check_one_configuration(runs: pd.DataFrame, axes: StudyAxes) -> None:
@@ -91,13 +128,11 @@ def check_one_configuration(runs: pd.DataFrame, axes: StudyAxes) -> None:
     edited between two sweeps, or two specs in one experiment, would otherwise pass for seed noise), and no seed
     comes twice (a duplicate is not a second sample)."""
     from deeplab.config import NON_IDENTITY, flatten, to_dict
-    from deeplab.errors import DeeplabError
-    from deeplab.params import config_from_params
 
-    if "config_params" not in runs:
+    if "config" not in runs:
         return
-    for key, group in runs.groupby([*axes.cell_columns, "backbone"], dropna=False, sort=True):
-        where = f"{cell_label(axes, key[:-1])}, {key[-1]}"
+    for (*values, backbone), group in runs.groupby([*axes.cell_columns, "backbone"], dropna=False, sort=True):
+        where = f"{cell_label(axes, CellKey.of(axes, tuple(values)))}, {backbone}"
         twice = group[group.seed.duplicated(keep=False)]
         if len(twice):
             names = ", ".join(md_escape(n) for n in twice.run_name)
@@ -106,12 +141,9 @@ def check_one_configuration(runs: pd.DataFrame, axes: StudyAxes) -> None:
                 "is not a second sample: delete all but one of them"
             )
         configs = {}
-        for run in group.itertuples():
-            try:  # defaults for keys a run predates, so that an older run does not differ by them
-                flat = flatten(to_dict(config_from_params(run.config_params)))
-            except DeeplabError:  # e.g. an imported log's few params: compare what was recorded
-                flat = {k: v for k, v in run.config_params.items() if not k.startswith("info.")}
-            configs[run.run_name] = {k: str(v) for k, v in flat.items() if k != REPLICATE and k not in NON_IDENTITY}
+        for name, config in zip(group.run_name, group.config, strict=True):  # defaults for keys a run predates
+            flat = flatten(to_dict(config))
+            configs[name] = {k: str(v) for k, v in flat.items() if k != REPLICATE and k not in NON_IDENTITY}
         (first, reference), *others = configs.items()
         for name, config in others:
             differ = sorted(k for k in reference.keys() | config.keys() if reference.get(k) != config.get(k))

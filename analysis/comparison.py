@@ -11,6 +11,7 @@ import pandas as pd
 
 from analysis.cells import (
     REPLICATE,
+    CellKey,
     StudyAxes,
     cell_label,
     check_one_configuration,
@@ -35,7 +36,7 @@ DEFAULT_MARGIN = 0.5  # mIoU points, when neither the caller nor the spec's anal
 
 @dataclass
 class CellComparison:
-    key: tuple  # values of the study's cell axes, train.iterations first
+    key: CellKey
     label: str
     n_a: int
     n_b: int
@@ -46,7 +47,7 @@ class CellComparison:
 
     @property
     def iterations(self) -> int:
-        return int(self.key[0])
+        return self.key.iterations
 
     @property
     def tested(self) -> bool:

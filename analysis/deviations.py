@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from deeplab.fidelity import Deviation, deviations
-from deeplab.params import config_from_params
+from experiments.axes import pieces
 
 SHORT = {"resnet50": "res50", "resnet101": "res101"}
 
@@ -22,11 +22,11 @@ def deviations_section(runs: pd.DataFrame) -> list[str]:
     """deeplab.fidelity's table once for the compared runs' distinct configs (seeds share one): the aspects where
     they agree with their common value, then one column per config for the aspects where they differ."""
     configs: dict[tuple, tuple[list[Deviation], list[str]]] = {}
-    for run in runs.itertuples():
-        rows = deviations(config_from_params(run.config_params))
+    for backbone, iterations, config in zip(runs.backbone, runs.iterations, runs.config, strict=True):
+        rows = deviations(config)
         key = tuple((r.aspect, r.this, r.match, r.remedy) for r in rows)
         configs.setdefault(key, (rows, []))[1].append(
-            f"{SHORT.get(run.backbone, run.backbone)} @ {int(run.iterations)}"
+            f"{SHORT.get(backbone, backbone)} @ {pieces({'train.iterations': iterations})[0]}"
         )
     tables = list(configs.values())
     names = [", ".join(dict.fromkeys(names)) for _, names in tables]

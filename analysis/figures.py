@@ -113,19 +113,18 @@ def final_vs_schedule_figure(runs: pd.DataFrame, published: pd.DataFrame, out: P
     on synthetic data never share an axis with published (Cityscapes) numbers: those are left out then."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     synthetic = bool(runs.synthetic.any()) if "synthetic" in runs else False
-    others = axes.cell_columns[1:]
+    others = axes.cell_keys[1:]
     summary = seed_summary(runs, by=["backbone", *axes.cell_columns])
-    for key, group in summary.groupby(["backbone", *others], dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
+    for (backbone, *values), group in summary.groupby(["backbone", *axes.cell_columns[1:]], dropna=False):
         group = group.sort_values("iterations")
-        label = " ".join(["ours", str(key[0]), *(f"{k}={v}" for k, v in zip(others, key[1:], strict=True))])
-        colour = COLOURS.get(key[0])
+        label = " ".join(["ours", backbone, axes.label(dict(zip(others, values, strict=True)))]).rstrip()
+        colour = COLOURS.get(backbone)
         ax.plot(group.iterations, group["mean"], marker="o", color=colour, label=f"{label} (mean)")
         ok = group.n >= MIN_BAND_SEEDS
         err = np.vstack([group["mean"] - group.ci_low, group.ci_high - group["mean"]])[:, ok.to_numpy()]
         ax.errorbar(group.iterations[ok], group["mean"][ok], yerr=err, fmt="none", capsize=3, color=colour)
-        mask = runs.backbone == key[0]
-        for col, v in zip(others, key[1:], strict=True):
+        mask = runs.backbone == backbone
+        for col, v in zip(axes.cell_columns[1:], values, strict=True):
             mask &= runs[col] == v
         few = runs[mask & runs.iterations.isin(group.iterations[~ok])]
         if len(few):  # each seed where n < 3: no t-interval
@@ -154,7 +153,7 @@ def per_class_delta_figure(per_class: pd.DataFrame, runs: pd.DataFrame, out: Pat
     """Per-class Δ IoU (a − b), mean over seeds, in each cell of the longest schedule; classes both score 0
     on are marked as such, not drawn as ties."""
     longest = runs.iterations.max()
-    cells = [(k, a, b) for k, a, b in iter_cells(runs, axes) if k[0] == longest]
+    cells = [cell for cell in iter_cells(runs, axes) if cell.key.iterations == longest]
     fig, panels = _panels(max(len(cells), 1), width=5.5, height=5.5)
     for ax, (key, a, b) in zip(panels, cells, strict=False):
         mean_a = per_class[per_class.run_id.isin(a.run_id)].groupby("class").iou.mean()

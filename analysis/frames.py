@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from analysis.errors import AnalysisError
+from deeplab.config import Config, flatten, to_dict
+from deeplab.errors import DeeplabError
 from deeplab.labels import CLASS_NAMES
+from deeplab.params import config_from_params
 from deeplab.tracking import (
     ARTIFACT_PER_IMAGE,
     COST_DEVICE_HOURS,
@@ -21,6 +25,7 @@ from deeplab.tracking import (
     VAL_MIOU_SEED,
     iou_metric_name,
 )
+from experiments.axes import SHORT_NAMES
 from experiments.store import (
     PARENT_ROLE,
     StoreGone,
@@ -32,7 +37,10 @@ from experiments.store import (
     sqlite_path,
 )
 
-CONFIG_COLUMNS = {"model.backbone": "backbone", "train.iterations": "iterations", "train.seed": "seed"}
+
+def column(key: str) -> str:
+    """The runs frame's column of a dotted config key: the axis table's short name, else the key itself."""
+    return SHORT_NAMES.get(key, key)
 
 
 def _experiment_id(tracking_uri: str, experiment: str) -> str:
@@ -49,15 +57,17 @@ def _experiment_id(tracking_uri: str, experiment: str) -> str:
     return found
 
 
-def _number(text: str | None) -> float | int | str | None:
-    if text is None:
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+def _config(name: str, params: dict[str, str]) -> Config:
+    try:
+        return config_from_params(params)
+    except DeeplabError as err:
+        raise AnalysisError(f"run {name}: {err}") from None
+
+
+def config_columns(cfg: Config) -> dict[str, Any]:
+    """A run's config as runs-frame columns: every key typed as the config holds it, the axis table's under their
+    short names (lists as tuples: a column may be a cell axis, and cells are grouped by value)."""
+    return {column(k): tuple(v) if isinstance(v, list) else v for k, v in flatten(to_dict(cfg)).items()}
 
 
 def _wall_hours(start: int | None, end: int | None, first_point: int | None) -> float:
@@ -78,8 +88,9 @@ LEGACY_SEED_METRIC = "val/mIoU_seed_metric"  # what the void-as-FP mIoU was call
 
 
 def runs_frame(tracking_uri: str, experiment: str) -> pd.DataFrame:
-    """One row per child run: config columns (short names, and every config param under its dotted key), hash,
-    status, final metrics (mIoU in points), wall time, GPU-hours."""
+    """One row per child run: its config read back from its params (every key a column: the axis table's under
+    their short names, the rest under their dotted keys; the Config itself in ``config``), hash, status, final
+    metrics (mIoU in points), wall time, GPU-hours."""
     eid = _experiment_id(tracking_uri, experiment)
     records = run_records(tracking_uri, eid)
     found = [r for r in records if r.tags.get("config_hash") and r.tags.get("sweep.role") != PARENT_ROLE]
@@ -93,7 +104,8 @@ def runs_frame(tracking_uri: str, experiment: str) -> pd.DataFrame:
     rows = []
     for run in found:
         p = run.params
-        devices = int(_number(p.get("info.world_size")) or 1)
+        cfg = _config(run.name, p)
+        devices = int(p.get("info.world_size", 1))
         # the engine's cost metrics (every attempt summed, queueing excluded): what the runs table shows
         hours = run.metrics.get(COST_WALL_HOURS, _wall_hours(run.start, run.end, began.get(run.run_id)))
         device_hours = run.metrics.get(COST_DEVICE_HOURS, hours * devices)
@@ -102,15 +114,15 @@ def runs_frame(tracking_uri: str, experiment: str) -> pd.DataFrame:
             "run_name": run.name,
             "status": run.status,
             "config_hash": run.tags.get("config_hash"),
-            **{col: _number(p.get(key)) for key, col in CONFIG_COLUMNS.items()},
-            "crop_size": p.get("data.crop_size"),
-            "synthetic": any(k.startswith("data.synthetic.") for k in p),
+            **config_columns(cfg),
+            "synthetic": cfg.data.synthetic is not None,
             # a non-finite value (a diverged or corrupted run) is no number to average: missing, and said so
             "miou": _finite(run.metrics.get(VAL_MIOU)),
             "miou_nonfinite": VAL_MIOU in run.metrics and _finite(run.metrics[VAL_MIOU]) is None,
             "miou_void_as_fp": _finite(run.metrics.get(VAL_MIOU_SEED)),
-            "params": _number(p.get("info.params")),
-            "gflops": _number(p.get("info.gflops")),
+            # info.* params are what the engine measured, not config: read with their known types
+            "params": float(p.get("info.params", "nan")),
+            "gflops": float(p.get("info.gflops", "nan")),
             "wall_hours": hours,
             "devices": devices,
             "device": p.get("info.device", ""),
@@ -119,9 +131,7 @@ def runs_frame(tracking_uri: str, experiment: str) -> pd.DataFrame:
             "source": run.tags.get("source", "sweep"),
             LOGGED_DEVICE_HOURS: run.metrics.get(LOGGED_DEVICE_HOURS, float("nan")),
             "experiment_id": eid,
-            "config_params": dict(p),  # the store's strings, for deeplab.params.config_from_params
-            # every config key as a dotted column, so the analysis reads any sweep axis it is told about
-            **{key: _number(value) for key, value in p.items() if not key.startswith("info.")},
+            "config": cfg,  # the run's Config, for whatever reads more of it (deviations, one configuration per cell)
         }
         rows.append(row)
     frame = pd.DataFrame(rows)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.cells import StudyAxes, cell_label, iter_cells
+from analysis.cells import Cell, StudyAxes, cell_label, iter_cells
 from analysis.stats import welch_interval
 from deeplab.tracking import VAL_MIOU
 
@@ -22,7 +22,8 @@ def delta_curves(runs: pd.DataFrame, curves: pd.DataFrame, axes: StudyAxes, metr
     backbone has < 3 seeds there) and every a-seed − b-seed difference (seeds are not paired)."""
     data = curves[curves.metric == metric]
     rows = []
-    for key, a, b in iter_cells(runs, axes):
+    for cell in iter_cells(runs, axes):
+        a, b = cell.a, cell.b
         va = data[data.run_id.isin(a.run_id)].groupby("step").value.agg(list)
         vb = data[data.run_id.isin(b.run_id)].groupby("step").value.agg(list)
         for step in sorted(set(va.index) & set(vb.index)):
@@ -30,8 +31,8 @@ def delta_curves(runs: pd.DataFrame, curves: pd.DataFrame, axes: StudyAxes, metr
             low, high = welch_interval(xa, xb) if min(len(xa), len(xb)) >= MIN_BAND_SEEDS else (math.nan, math.nan)
             rows.append(
                 {
-                    "cell": cell_label(axes, key),
-                    "iterations": int(key[0]),
+                    "cell": cell_label(axes, cell.key),
+                    "iterations": cell.key.iterations,
                     "step": int(step),
                     "delta": float(xa.mean() - xb.mean()),
                     "low": max(low, -LIMIT),
@@ -59,17 +60,16 @@ class ScheduleFit:
 def schedule_fits(runs: pd.DataFrame, axes: StudyAxes) -> list[ScheduleFit]:
     """Per group of the non-schedule axes: OLS of per-run final mIoU on backbone × log2(iterations); the
     interaction is the change of Δ per doubling, with its 95% t-interval."""
-    groups: dict[str, list[tuple[tuple, pd.DataFrame, pd.DataFrame]]] = {}
-    for key, a, b in iter_cells(runs, axes):
-        rest = ", ".join(f"{k}={v}" for k, v in zip(axes.cell_keys[1:], key[1:], strict=True))
-        groups.setdefault(rest, []).append((key, a, b))
+    groups: dict[str, list[Cell]] = {}
+    for cell in iter_cells(runs, axes):
+        groups.setdefault(axes.label(cell.key.others), []).append(cell)
     return [_fit(group, cells, axes) for group, cells in groups.items()]
 
 
-def _fit(group: str, cells: list[tuple[tuple, pd.DataFrame, pd.DataFrame]], axes: StudyAxes) -> ScheduleFit:
+def _fit(group: str, cells: list[Cell], axes: StudyAxes) -> ScheduleFit:
     import statsmodels.api as sm
 
-    schedules = tuple(int(key[0]) for key, _, _ in cells)
+    schedules = tuple(cell.key.iterations for cell in cells)
     n_runs = sum(len(a) + len(b) for _, a, b in cells)
     if len(schedules) < 2:
         return ScheduleFit(group, math.nan, math.nan, math.nan, n_runs, schedules, "only one schedule length")

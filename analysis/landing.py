@@ -10,9 +10,10 @@ import math
 import re
 from pathlib import Path
 
-from analysis.cells import DELTA_DEFINITION, DELTA_METRIC, DELTA_NAME
+from analysis.cells import DELTA_DEFINITION, DELTA_METRIC, DELTA_NAME, CellKey, StudyAxes
 from analysis.comparison import MIN_TOST_SEEDS, Comparison, verdict_lines
 from analysis.looks import CellLooks
+from experiments.axes import axis_text
 from experiments.store import artifact_link, publish_to_run, sweep_parent
 
 # MLflow 3.17 shows an experiment's description folded to its first line (32 px high) until it is expanded: the
@@ -22,11 +23,10 @@ REPORT_DIR = "report"  # artifact folder on the parent run
 REPORT_FOLDERS = ("figures", "evidence")  # evidence: the public-evidence report on its own (also report.html's end)
 
 
-def cell_metric_name(cell_key: tuple, cell_keys: tuple[str, ...]) -> str:
-    """``4_iters`` (then ``_<axis>-<value>`` for each further axis), in the characters MLflow takes in a name."""
-    name = f"{int(cell_key[0])}_iters" + "".join(
-        f"_{key.rsplit('.', 1)[-1]}-{value}" for key, value in zip(cell_keys[1:], cell_key[1:], strict=True)
-    )
+def cell_metric_name(axes: StudyAxes, key: CellKey) -> str:
+    """``iterations-4`` (then ``_weights-none`` per further axis): the cell's label (``analysis.cells.cell_label``)
+    in the characters MLflow takes in a metric name."""
+    name = "_".join(f"{axes.names[k]}-{axis_text(v)}" for k, v in key.values)
     return re.sub(r"[^\w\-. :/]", "_", name)
 
 
@@ -38,7 +38,7 @@ def _answer(c: Comparison) -> tuple[float, str, float, float, str, int]:
         status = "shown" if last.equivalent else "not shown"
         if not (last.equivalent or last.futile or last.k >= len(cl.current.looks)):
             status = f"open after look {last.k} of {len(cl.current.looks)}"
-        return last.delta, "RCI", last.rci_low, last.rci_high, status, int(cl.key[0])
+        return last.delta, "RCI", last.rci_low, last.rci_high, status, cl.key.iterations
     cell = c.cells[-1]
     t = cell.tost
     status = f"untested (n<{MIN_TOST_SEEDS})" if not cell.tested else "shown" if t.equivalent else "not shown"
@@ -56,6 +56,7 @@ def headline(c: Comparison) -> str:
     delta, name, low, high, status, iterations = _answer(c)
     interval = f"{name} {low:+.2f}…{high:+.2f}" if not math.isnan(low) else f"no {name}"
     more = f"; +{len(c.cells) - 1} cell{'s' * (len(c.cells) > 2)}" if len(c.cells) > 1 else ""
+    # "it.", not the tags' "iterations=": HEADLINE_MAX leaves no room for the longer spelling
     text = f"{warn}Δ = {DELTA_NAME}: {delta:+.2f} mIoU ({interval}) at {iterations} it.; equivalence ±{c.margin:g} "
     return text + status + more
 
@@ -83,14 +84,14 @@ def summary_metrics(c: Comparison) -> dict[str, float]:
     NaN ones (an interval from one seed) are left out."""
     out: dict[str, float] = {}
     for cell in c.cells:
-        name = cell_metric_name(cell.key, c.axes.cell_keys)
+        name = cell_metric_name(c.axes, cell.key)
         t = cell.tost
         out |= {f"{DELTA_METRIC}/{name}": t.delta, f"{DELTA_METRIC}/{name}/ci90_low": t.ci90_low}
         out[f"{DELTA_METRIC}/{name}/ci90_high"] = t.ci90_high
         out |= {f"seeds/{name}/{c.axes.a}": cell.n_a, f"seeds/{name}/{c.axes.b}": cell.n_b}
     for cl in c.looks:
         if cl.looks:
-            name, last = cell_metric_name(cl.key, c.axes.cell_keys), cl.looks[-1]
+            name, last = cell_metric_name(c.axes, cl.key), cl.looks[-1]
             out |= {f"{DELTA_METRIC}/{name}/rci_low": last.rci_low, f"{DELTA_METRIC}/{name}/rci_high": last.rci_high}
             out |= {f"sequential/{name}/look": last.k, f"sequential/{name}/seeds_per_backbone": last.n}
     return {k: round(float(v), 2) for k, v in out.items() if not math.isnan(v)}

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from analysis.cells import StudyAxes, cell_label, iter_cells
+from analysis.cells import CellKey, StudyAxes, cell_label, iter_cells
 from analysis.frames import LOGGED_DEVICE_HOURS
 from analysis.html import md_escape
 from experiments.errors import ExperimentsError
@@ -41,7 +41,7 @@ class Cost:
 
 @dataclass
 class CellLooks:
-    key: tuple
+    key: CellKey
     label: str
     seeds: list  # seeds both backbones finished, in look order
     looks: list[Look]

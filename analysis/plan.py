@@ -234,11 +234,11 @@ def format_plan(plan: Plan) -> str:
         f"  {runs} runs: {len(plan.cells)} cells × {'/'.join(map(str, seeds))} seeds, {plan.gpus} GPUs per run "
         f"({spec.slurm.nodes} node × {spec.slurm.gpus_per_node}), {iterations:,} iterations in all",
         "",
-        f"  {'cell':<24} {'seeds':>6} {'iterations':>11} {'s/iter':>7} {'GPU-hours':>10}  s/iter from",
+        f"  {'cell':<36} {'seeds':>6} {'iterations':>11} {'s/iter':>7} {'GPU-hours':>10}  s/iter from",
     ]
     for c in plan.cells:
         lines.append(
-            f"  {grid_label(c.values):<24} {len(c.runs):>6} {c.iterations:>11} {c.s_per_it:>7.2f} "
+            f"  {grid_label(c.values):<36} {len(c.runs):>6} {c.iterations:>11} {c.s_per_it:>7.2f} "
             f"{c.gpu_hours(plan.gpus):>10.1f}  {c.source}"
         )
     longest = max(plan.cells, key=lambda c: c.s_per_it * c.iterations)
@@ -246,7 +246,7 @@ def format_plan(plan: Plan) -> str:
     if any(c.source.startswith("anchor") for c in plan.cells):
         lines.append(f"  anchor: {ANCHOR}")
     lines += [
-        f"  {'total':<24} {runs:>6} {'':>11} {'':>7} {plan.gpu_hours:>10.1f}",
+        f"  {'total':<36} {runs:>6} {'':>11} {'':>7} {plan.gpu_hours:>10.1f}",
         f"  longest run: {longest.s_per_it * longest.iterations / 3600:.1f} h of wall time "
         f"({grid_label(longest.values)})",
         f"  {data_cost.describe(fastest.runs[0].config.data, fastest.s_per_it, 'the fastest cell')}",

@@ -28,7 +28,6 @@ from analysis.provenance import provenance_lines, run_link
 from analysis.published import published_deeplabv3plus
 from analysis.stats import seed_summary
 from deeplab.data import cost as data_cost
-from deeplab.params import config_from_params
 
 __all__ = ["verdict_lines", "write_report"]
 EVIDENCE = "evidence"  # out/evidence: the evidence report on its own (`analysis evidence`'s files)
@@ -100,7 +99,7 @@ def write_figures(c: Comparison, published: pd.DataFrame, out: Path) -> list[tup
 def _data_cost_line(c: Comparison) -> str:
     if c.runs.empty:
         return "- data: no compared runs"
-    data = config_from_params(c.runs.iloc[0].config_params).data
+    data = c.runs.iloc[0]["config"].data
     return f"- {data_cost.describe(data, data_cost.FORK_V100_S_PER_IT, 'the seed fork on V100')}"
 
 

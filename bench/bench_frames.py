@@ -27,11 +27,13 @@ from mlflow.tracking import MlflowClient
 from analysis.frames import curves_frame, runs_frame
 from deeplab.config import config_hash, flatten, load_config, to_dict
 from deeplab.tracking import VAL_MIOU, VAL_MIOU_SEED, iou_metric_name
+from experiments.axes import SHORT_NAMES, run_name
 from experiments.store import find_experiment, read, run_records
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("road", "car", "person", "traffic light", "train")
 GOAL_S = 3.0
+AXES = list(SHORT_NAMES)  # the grid: backbone × schedule × seed
 CHECKED = read.CHECKED_REVISIONS
 
 
@@ -51,7 +53,7 @@ def fill_store(uri: str, experiment: str, n_runs: int, n_points: int) -> None:
         digest = config_hash(cfg)
         run = client.create_run(
             eid,
-            run_name=f"{backbone}-it{iterations}-s{seed}",
+            run_name=run_name(cfg, AXES),
             tags={"mlflow.parentRunId": parent.info.run_id, "config_hash": digest, "sweep.name": experiment},
         )
         info = {"info.params": 40_000_000, "info.gflops": 40.0, "info.config_hash": digest, "info.world_size": 2}

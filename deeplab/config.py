@@ -286,13 +286,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
-    """Build and validate a Config from nested data plus dotted overrides."""
+def from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None, *, check: bool = True) -> Config:
+    """Build a Config from nested data plus dotted overrides: keys and types always checked, the rules across
+    fields (``validate``) unless ``check`` is false."""
     data = json.loads(json.dumps(data or {}, default=str))  # a deep copy; YAML dates become strings
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
     cfg = _from_dict(Config, data)
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
 
 

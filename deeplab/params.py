@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -16,7 +17,8 @@ from deeplab.errors import DeeplabError
 
 def config_from_params(params: Mapping[str, Any]) -> Config:
     """A run's Config from its flattened params as MLflow stores them (strings; other keys such as ``info.*``
-    are skipped; keys a run predates take their defaults)."""
+    are skipped; keys a run predates take their defaults). Types are checked, today's rules across fields are not:
+    a run that ran is read as it ran (an imported log's few params, a rule added since)."""
     nested: dict[str, Any] = {}
     for key, value in params.items():
         tp = _field_type(key)
@@ -30,12 +32,13 @@ def config_from_params(params: Mapping[str, Any]) -> Config:
                 break
         else:
             node[leaf] = _parse(key, value, tp)
-    return from_dict(nested)
+    return from_dict(nested, check=False)
 
 
 _MISSING = object()
 
 
+@functools.cache  # a handful of keys, read for every run of a store
 def _field_type(dotted: str) -> Any:
     tp: Any = Config
     for part in dotted.split("."):
@@ -66,6 +69,11 @@ def _parse(key: str, value: Any, tp: Any) -> Any:
     ):
         return value
     try:
-        return yaml.safe_load(value)
+        return _yaml_value(value)
     except yaml.YAMLError:
         raise DeeplabError(f"run param {key}: {value[:60]!r} is not a value of this config") from None
+
+
+@functools.lru_cache(maxsize=4096)  # runs of a sweep share most values; from_dict copies what it is given
+def _yaml_value(text: str) -> Any:
+    return yaml.safe_load(text)

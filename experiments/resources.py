@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from experiments.axes import pieces
 from experiments.spec import RunSpec, SweepSpec
 
 
@@ -19,9 +20,8 @@ def grid_key(values: dict[str, Any], drop: set[str]) -> tuple:
 
 
 def grid_label(values: dict[str, Any]) -> str:
-    """Grid values as a table's cell label: ``resnet50 it=2000``."""
-    short = {"model.backbone": "", "train.iterations": "it="}
-    return " ".join(f"{short.get(k, k + '=')}{v}" for k, v in values.items()) or "(one cell)"
+    """Grid values as a table's cell label, spelled as the runs' tags: ``backbone=resnet50 iterations=2000``."""
+    return " ".join(pieces(values)) or "(one cell)"
 
 
 def memory_lines(runs: list[RunSpec], world_size: int) -> list[str]:
@@ -38,7 +38,7 @@ def memory_lines(runs: list[RunSpec], world_size: int) -> list[str]:
         estimate = estimate_training_memory(c, world_size)
         (h, w), b = c.data.crop_size, c.data.batch_size_per_gpu
         lines.append(
-            f"  {label:<24} {estimate.gb:5.1f} GB  ({c.model.backbone}, {h}×{w} crop, {b}/GPU, amp {c.train.amp})"
+            f"  {label:<36} {estimate.gb:5.1f} GB  ({c.model.backbone}, {h}×{w} crop, {b}/GPU, amp {c.train.amp})"
         )
         if (warning := card_warning(estimate)) is not None:
             lines.append(f"  WARNING {label}: {warning}; ask for larger GPUs (executor.slurm.constraint)")

@@ -13,6 +13,7 @@ from typing import Any
 from deeplab.config import Config, config_hash, flatten, load_config, to_dict
 from deeplab.errors import DeeplabError
 from deeplab.yaml_loader import load_yaml_file
+from experiments.axes import run_name
 from experiments.errors import ExperimentsError
 
 DEVICES = ("cuda", "cpu", "auto")
@@ -287,15 +288,6 @@ def _check_keys(path: Path, base: Path, section: dict[str, Any], where: str) -> 
         raise ExperimentsError(f"sweep spec {path}: {where}.{key} is not a config key{hint}")
 
 
-def _run_name(values: dict[str, Any]) -> str:
-    short = {"model.backbone": "", "train.iterations": "it", "train.seed": "s"}
-    parts = []
-    for key, value in values.items():
-        text = str(value).replace("resnet", "r")
-        parts.append(f"{short.get(key, key.split('.')[-1] + '=')}{text}")
-    return "-".join(parts)
-
-
 def expand_grid(spec: SweepSpec, overrides: dict[str, Any] | None = None) -> list[RunSpec]:
     """Cartesian product of the grid over the base config (+ spec and CLI overrides), one RunSpec per cell."""
     keys = list(spec.grid)
@@ -310,5 +302,5 @@ def expand_grid(spec: SweepSpec, overrides: dict[str, Any] | None = None) -> lis
         if digest in seen:
             continue
         seen.add(digest)
-        runs.append(RunSpec(cfg, digest, _run_name(values), values, spec.runs_root / spec.name / digest))
+        runs.append(RunSpec(cfg, digest, run_name(cfg, keys), values, spec.runs_root / spec.name / digest))
     return runs

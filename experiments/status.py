@@ -120,9 +120,9 @@ def status_rows(spec: SweepSpec, tracking_uri: str | None = None) -> list[dict[s
 def print_status(rows: list[dict[str, object]], notes: Sequence[str] = ()) -> None:
     for note in notes:
         print(note)
-    print(f"{'hash':<13} {'run':<28} {'status':<14} {'job':<20} {'iteration':<14} val mIoU")
+    print(f"{'hash':<13} {'run':<44} {'status':<14} {'job':<20} {'iteration':<14} val mIoU")
     for r in rows:
-        print(f"{r['hash']:<13} {r['run']:<28} {r['status']:<14} {r['job']:<20} {r['iteration']:<14} {r['val_mIoU']}")
+        print(f"{r['hash']:<13} {r['run']:<44} {r['status']:<14} {r['job']:<20} {r['iteration']:<14} {r['val_mIoU']}")
 
 
 def cancel(spec: SweepSpec, tracking_uri: str | None = None) -> int:

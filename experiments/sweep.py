@@ -15,6 +15,7 @@ from deeplab.config import flatten, to_dict
 from deeplab.data.check import available_cpus, check_split
 from deeplab.data.synth import ensure_synthetic
 from deeplab.lease import LEASE_NAME, current_holder
+from experiments.axes import axis_tags
 from experiments.code_version import git_state
 from experiments.errors import ExperimentsError
 from experiments.follow import failure_line, run_local, wait_for
@@ -26,8 +27,6 @@ from experiments.spec import RunSpec, SweepSpec, expand_grid
 from experiments.store import (
     ChildRun,
     NewChild,
-    axis_tags,
-    axis_value,
     check_reachable,
     child_runs,
     ensure_child_runs,
@@ -127,13 +126,12 @@ def plan(spec: SweepSpec, tracking_uri: str, dry_run: bool, runs: list[RunSpec] 
         folder=folder,
         grid=spec.grid,
     )
-    short = axis_tags(spec.grid)
     cells = [
         NewChild(
             r.config_hash,
             r.name,
             flatten(to_dict(r.config)),
-            {"sweep.name": spec.name, **git, **short_tags(r), **{short[k]: axis_value(v) for k, v in r.values.items()}},
+            {"sweep.name": spec.name, **git, **axis_tags(r.config, spec.grid)},
             r.run_dir,
         )
         for r in runs
@@ -142,17 +140,11 @@ def plan(spec: SweepSpec, tracking_uri: str, dry_run: bool, runs: list[RunSpec] 
     return [Planned(r, children[r.config_hash]) for r in runs]
 
 
-def short_tags(run: RunSpec) -> dict[str, str]:
-    """backbone, iterations and seed on every child run, grid axes or not: the runs table's first columns."""
-    c = run.config  # the keys of experiments.store.sweeps.SHORT
-    return {"backbone": c.model.backbone, "iterations": str(c.train.iterations), "seed": str(c.train.seed)}
-
-
 def print_table(planned: list[Planned]) -> None:
-    print(f"{'hash':<13} {'run':<28} {'status':<10} run dir")
+    print(f"{'hash':<13} {'run':<44} {'status':<10} run dir")
     for p in planned:
         status = p.child.status if p.child else "-"
-        print(f"{p.run.config_hash:<13} {p.run.name:<28} {status:<10} {p.run.run_dir}")
+        print(f"{p.run.config_hash:<13} {p.run.name:<44} {status:<10} {p.run.run_dir}")
 
 
 def check_runs_root(folder: Path, create: bool) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +44,6 @@ from experiments.store.write import (
 PARENT_ROLE = "parent"
 GRID_TAG = "sweep.grid"  # JSON {dotted config key: [values]}: every value the sweep's grids have held
 MAX_GRID_TAG = 8000  # MLflow's limit on a tag value
-# tag names the project sets itself: an axis never takes one of them as its short name
-RESERVED = {"config_hash", "host", "source", "status", "failure_reason", "restart_count", "trainer", "log_file"}
-# short tags every child run carries (experiments.sweep.short_tags): no other axis takes these names
-SHORT = {"backbone": "model.backbone", "iterations": "train.iterations", "seed": "train.seed"}
 
 
 @dataclass
@@ -68,22 +63,6 @@ class NewChild:
     params: dict[str, Any]
     tags: dict[str, str]
     run_dir: Path
-
-
-def axis_tags(keys: Iterable[str]) -> dict[str, str]:
-    """The short tag of each grid axis: its last dotted part (``model.backbone`` → ``backbone``), or the whole key
-    when two axes end alike or the short name is one of the project's own tags. ``backbone``, ``iterations``
-    and ``seed`` always name model.backbone, train.iterations and train.seed (tags every child run carries)."""
-    keys = list(keys)
-    last = [k.rsplit(".", 1)[-1] for k in keys]
-    unique = {s for s in last if last.count(s) == 1 and s not in RESERVED}
-    return {k: (s if k == SHORT[s] else k) if s in SHORT else s if s in unique and "." in k else k
-            for k, s in zip(keys, last, strict=True)}  # fmt: skip
-
-
-def axis_value(value: Any) -> str:
-    """A grid value as tag text (never empty: lists and null as JSON)."""
-    return value if isinstance(value, str) and value else json.dumps(value)
 
 
 def merged_grid(old: dict[str, list], new: dict[str, list]) -> dict[str, list]:

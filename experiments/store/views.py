@@ -18,13 +18,15 @@ import json
 import time
 
 from deeplab.tracking import COST_DEVICE_HOURS, DATA_TIME, STEP_TIME, VAL_MIOU, VAL_MIOU_SEED
+from experiments.axes import SHORT_NAMES
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
 CLASSIC_KIND = "custom_model_development"  # shown as "Machine learning"; GenAI kinds land on traces
 VIEW_KEY = "res50-vs-res101"  # the share key in the runs page URL and the saved view's id
 VIEW_NAME = "res50 vs res101: backbone × schedule"  # its name in the Views menu
 SHARED_VIEW = "mlflow.sharedViewState."
-_TAGS = ["tags.`backbone`", "tags.`iterations`", "tags.`seed`"]
+BACKBONE, ITERATIONS = SHORT_NAMES["model.backbone"], SHORT_NAMES["train.iterations"]  # the runs' axis tags
+_TAGS = [f"tags.`{name}`" for name in SHORT_NAMES.values()]
 _METRICS = [f"metrics.`{VAL_MIOU}`", f"metrics.`{VAL_MIOU_SEED}`"]
 # what a run cost, and whether its GPUs waited for data (data time near the step time: starved)
 _COST = [f"metrics.`{COST_DEVICE_HOURS}`", f"metrics.`{DATA_TIME}`", f"metrics.`{STEP_TIME}`"]
@@ -32,7 +34,7 @@ _DATASETS = "attributes.`Dataset`"  # the datasets a run read (synthetic/… or 
 RUNS_VIEW = {
     # child runs only (they carry config_hash): the parent run would fold them under a [+]
     "searchFilter": "tags.config_hash LIKE '%'",
-    "orderByKey": "tags.`backbone`",
+    "orderByKey": f"tags.`{BACKBONE}`",
     "orderByAsc": True,
     "selectedColumns": _METRICS[:1] + _TAGS + _METRICS[1:] + _COST + [_DATASETS],
     # the UI applies widths only to columns it is given an order for (run name first, then the answer);
@@ -42,7 +44,7 @@ RUNS_VIEW = {
     # one row per backbone × schedule with the seeds' mean val/mIoU, its seeds listed under it
     "groupBy": {
         "aggregateFunction": "average",
-        "groupByKeys": [{"mode": "tag", "groupByData": "backbone"}, {"mode": "tag", "groupByData": "iterations"}],
+        "groupByKeys": [{"mode": "tag", "groupByData": BACKBONE}, {"mode": "tag", "groupByData": ITERATIONS}],
     },
 }
 WORKFLOW = "workflowType=machine_learning"  # MLflow 3.17's sidebar switch ignores the experiment kind: the URL wins

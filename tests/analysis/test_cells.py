@@ -57,11 +57,12 @@ def test_extra_axis_defines_cells_and_backbones_come_in_the_convention_order() -
     assert axes.cell_keys == ("train.iterations", "model.weights")
     cells = list(iter_cells(runs, axes))
     assert len(cells) == 4
-    for key, a, b in cells:
-        assert len(a) == len(b) == 3
-        assert set(a["model.weights"]) == set(b["model.weights"]) == {key[1]}  # never pooled across weights
-        assert (a.miou.mean() - b.miou.mean()) == pytest.approx(1, abs=0.2)  # res101 leads by 1
-    assert cell_label(axes, cells[0][0]) == "1000 iterations, model.weights=imagenet"
+    for cell in cells:
+        assert len(cell.a) == len(cell.b) == 3
+        assert set(cell.a["model.weights"]) == set(cell.b["model.weights"]) == {cell.key["model.weights"]}  # not pooled
+        assert (cell.a.miou.mean() - cell.b.miou.mean()) == pytest.approx(1, abs=0.2)  # res101 leads by 1
+    assert (cells[0].key.iterations, cells[0].key.others) == (1000, {"model.weights": "imagenet"})
+    assert cell_label(axes, cells[0].key) == "iterations=1000, weights=imagenet"  # as the runs' tags spell them
 
 
 def test_without_a_recorded_grid_schedule_length_is_the_only_cell_axis() -> None:
@@ -77,7 +78,7 @@ def test_missing_cells_name_backbone_and_cell() -> None:
     runs = _runs()
     axes = study_axes(GRID, runs)
     done = runs[~((runs.backbone == "resnet50") & (runs.iterations == 4000) & (runs["model.weights"] == "none"))]
-    assert missing_cells(runs, done, axes) == ["resnet50 @ 4000 iterations, model.weights=none"]
+    assert missing_cells(runs, done, axes) == ["resnet50 @ iterations=4000, weights=none"]
 
 
 @pytest.mark.parametrize("slope", [0.0, 1.5])
@@ -85,7 +86,7 @@ def test_schedule_fit_recovers_the_gap_per_doubling_in_each_weights_group(slope:
     runs = _runs(slope)
     axes = study_axes(GRID, runs)
     fits = schedule_fits(runs, axes)
-    assert [f.group for f in fits] == ["model.weights=imagenet", "model.weights=none"]
+    assert [f.group for f in fits] == ["weights=imagenet", "weights=none"]
     for fit in fits:
         assert fit.ci_low < slope < fit.ci_high and fit.ci_high - fit.ci_low < 0.5
         assert fit.n_runs == 12 and fit.schedules == (1000, 4000)

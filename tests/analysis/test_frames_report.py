@@ -226,7 +226,7 @@ def test_report_shows_the_deviations_table_once_with_per_config_differences(repo
     assert "| augmentation order |" in section and "### Config" not in section
     differ = section.split("Where the configs differ:")[1]
     header = [c.strip() for c in differ.strip().splitlines()[0].strip("|").split("|")]
-    assert sorted(header[1:]) == sorted(f"{b} @ {i}" for b in ("res50", "res101") for i in (4, 6))
+    assert sorted(header[1:]) == sorted(f"{b} @ iterations={i}" for b in ("res50", "res101") for i in (4, 6))
     rows = {r.split("|")[1].strip(): r for r in differ.strip().splitlines()[2:]}
     assert set(rows) == {"backbone", "iterations"}  # the two grid axes, nothing else differs
     assert "| backbone | ResNet-101 (fork: ResNet-50) | differs by config: below |" in section

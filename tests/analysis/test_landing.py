@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from analysis.cells import study_axes
+from analysis.cells import CellKey, study_axes
 from analysis.comparison import CellComparison
 from analysis.landing import HEADLINE_MAX, headline
 from analysis.looks import Cost, cell_looks
@@ -37,7 +37,7 @@ def _study(n: int, lead: float = 0.1, sequential: bool = True) -> SimpleNamespac
     axes = study_axes({}, runs)
     a, b = (runs[runs.backbone == x].miou.to_numpy() for x in (axes.a, axes.b))
     tost = tost_equivalence(a, b, 0.5)
-    cell = CellComparison((40000,), "40000 iterations", n, n, tost, tost, None, None)
+    cell = CellComparison(CellKey.of(axes, 40000), "iterations=40000", n, n, tost, tost, None, None)
     cost = Cost(pd.Series(1.0, index=runs.run_id.to_numpy()), "GPU-hours", "a test's")
     looks = cell_looks(runs, axes, DESIGN, list(range(16)), cost) if sequential else []
     return SimpleNamespace(synthetic=False, cells=[cell], looks=looks, margin=0.5)

@@ -8,6 +8,7 @@ import pytest
 
 from analysis.cells import StudyAxes, check_one_configuration
 from analysis.errors import AnalysisError
+from deeplab.params import config_from_params
 
 AXES = StudyAxes("resnet101", "resnet50", ("train.iterations",))
 
@@ -15,9 +16,9 @@ AXES = StudyAxes("resnet101", "resnet50", ("train.iterations",))
 def _runs(*rows: tuple[str, str, int, dict[str, str]]) -> pd.DataFrame:
     return pd.DataFrame(
         [
-            {"run_name": name, "backbone": backbone, "iterations": 6.0, "seed": float(seed),
-             "config_params": {"model.backbone": backbone, "train.iterations": "6", "train.seed": str(seed),
-                               "data.num_workers": str(seed), "schedule.warmup_iters": "2", **extra}}
+            {"run_name": name, "backbone": backbone, "iterations": 6, "seed": seed,
+             "config": config_from_params({"model.backbone": backbone, "train.iterations": "6", "train.seed": str(seed),
+                                           "data.num_workers": str(seed), "schedule.warmup_iters": "2", **extra})}
             for name, backbone, seed, extra in rows
         ]
     )  # fmt: skip
@@ -32,12 +33,12 @@ def test_an_override_edited_between_sweeps_is_refused_naming_the_key() -> None:
     with pytest.raises(AnalysisError) as err:
         check_one_configuration(runs, AXES)
     assert str(err.value) == (
-        "6 iterations, resnet50: runs a and b differ in optim.lr as well as the seed: they are not seeds of one "
+        "iterations=6, resnet50: runs a and b differ in optim.lr as well as the seed: they are not seeds of one "
         "configuration (make the key a grid axis, or report them as separate experiments)"
     )
 
 
 def test_a_seed_twice_is_an_error_not_two_samples() -> None:
     runs = _runs(("a", "resnet101", 3, {}), ("a-again", "resnet101", 3, {}), ("b", "resnet101", 4, {}))
-    with pytest.raises(AnalysisError, match=r"^6 iterations, resnet101: seed 3 comes 2 times \(runs a, a-again\)"):
+    with pytest.raises(AnalysisError, match=r"^iterations=6, resnet101: seed 3 comes 2 times \(runs a, a-again\)"):
         check_one_configuration(runs, AXES)

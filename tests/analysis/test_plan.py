@@ -120,7 +120,11 @@ def test_measured_runs_in_the_store_replace_the_anchor(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     eid = client.create_experiment(spec.experiment)
-    for run, miou in zip([r for r in expand_grid(spec) if r.name.startswith("r50-it2000")], (78.0, 78.6), strict=True):
+    for run, miou in zip(
+        [r for r in expand_grid(spec) if r.name.startswith("backbone=resnet50,iterations=2000")],
+        (78.0, 78.6),
+        strict=True,
+    ):
         start = int(time.time() * 1000)
         made = client.create_run(eid, start_time=start, tags={"config_hash": run.config_hash}, run_name=run.name)
         params = {"model.backbone": "resnet50", "train.iterations": "2000", "train.seed": str(run.config.train.seed)}
@@ -144,7 +148,7 @@ def test_the_cli_prints_the_plan_and_refuses_bad_input(tmp_path: Path) -> None:
     done = subprocess.run([*argv, "--sd", "0.4"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "8 runs: 4 cells × 2 seeds" in done.stdout and "from --sd" in done.stdout
-    assert "it=2000: 2 vs 2 seeds → power " in done.stdout and "UNDERPOWERED" in done.stdout
+    assert "iterations=2000: 2 vs 2 seeds → power " in done.stdout and "UNDERPOWERED" in done.stdout
     bad = subprocess.run([*argv, "--sd", "-1"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--sd: expected a positive finite number" in bad.stderr
 

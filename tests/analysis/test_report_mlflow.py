@@ -77,14 +77,14 @@ def test_delta_metrics_per_schedule_equal_the_report(published: tuple[Path, str]
         cell = runs[runs.iterations == iterations]
         means = cell.groupby("backbone").miou.mean()
         delta = means["resnet101"] - means["resnet50"]  # points, res101's lead
-        key = f"{DELTA_METRIC}/{iterations}_iters"
+        key = f"{DELTA_METRIC}/iterations-{iterations}"  # the cell label, as MLflow spells a name
         assert DELTA_METRIC == "mIoU_res101_minus_res50" and metrics[key] == round(delta, 2)  # as the report prints
-        assert f"at {iterations} iterations: Δ = res101 − res50 = {delta:+.2f} points" in verdict
+        assert f"at iterations={iterations}: Δ = res101 − res50 = {delta:+.2f} points" in verdict
         assert metrics[f"{key}/ci90_low"] < metrics[key] < metrics[f"{key}/ci90_high"]
         assert metrics[f"{key}/rci_low"] < metrics[key] < metrics[f"{key}/rci_high"]  # one look at 2 seeds
-        assert metrics[f"sequential/{iterations}_iters/look"] == 1
+        assert metrics[f"sequential/iterations-{iterations}/look"] == 1
         for backbone in ("resnet50", "resnet101"):
-            assert metrics[f"seeds/{iterations}_iters/{backbone}"] == (cell.backbone == backbone).sum()
+            assert metrics[f"seeds/iterations-{iterations}/{backbone}"] == (cell.backbone == backbone).sum()
     assert not [k for k in metrics if "res50_minus" in k]
 
 
@@ -109,6 +109,8 @@ def test_children_carry_short_tags_and_no_tag_is_empty(published: tuple[Path, st
         tags, params = run.data.tags, run.data.params
         assert tags["backbone"] == params["model.backbone"]
         assert tags["iterations"] == params["train.iterations"] and tags["seed"] == params["train.seed"]
+        named = {f"{name}={tags[name]}" for name in ("backbone", "iterations", "seed")}
+        assert set(run.info.run_name.split(",")) == named  # the run's name is its axis tags
     for run in runs:
         assert not [k for k, v in run.data.tags.items() if not v.strip()], run.info.run_name
     assert all(v.strip() for v in experiment.tags.values())
@@ -126,7 +128,7 @@ def test_a_second_publication_replaces_the_first(published: tuple[Path, str], sw
     out, parent = published
     uri, client = sweep_store.tracking_uri, MlflowClient(sweep_store.tracking_uri)
     before = {f.path for f in client.list_artifacts(parent, "report")}
-    key = f"{DELTA_METRIC}/4_iters"
+    key = f"{DELTA_METRIC}/iterations-4"
     published_before = len(client.get_metric_history(parent, key))  # other tests report too
     eid = experiment_id(sweep_store)
     note = f"again {artifact_link(eid, parent, 'report/report.html')}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.cells import StudyAxes, cell_label
+from analysis.cells import CellKey, StudyAxes, cell_label
 from analysis.html import markdown_table, markdown_to_html, md_escape
 
 EVIL = [
@@ -59,7 +59,7 @@ def test_links_and_images_the_report_did_not_make_are_dropped_to_their_text(tmp_
 
 def test_axis_values_in_a_table_or_a_verdict_are_text() -> None:
     axes = StudyAxes("resnet101", "resnet50", ("train.iterations", "model.weights"))
-    label = cell_label(axes, (40000, "[x](javascript:alert(1))"))
+    label = cell_label(axes, CellKey.of(axes, (40000, "[x](javascript:alert(1))")))
     table = markdown_table(pd.DataFrame({"cell": [label]}))
     page = _body(markdown_to_html(f"# T\n\n{table}\n\nat {md_escape(label)}: Δ\n", Path("/nonexistent")))
     assert "<a " not in page and page.count("javascript:alert(1)") == 2

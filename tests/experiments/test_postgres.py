@@ -95,7 +95,7 @@ def test_slurm_sweep_logs_through_the_server_into_postgresql(slurm_cluster: Loca
             connection.close()
 
     print("\n".join(map(str, rows)))
-    assert [row[0] for row in rows] == ["r50-s0", "r50-s1"]
+    assert [row[0] for row in rows] == ["backbone=resnet50,seed=0", "backbone=resnet50,seed=1"]
     for name, status, artifact_location, array_job, steps, values in rows:
         assert status == "FINISHED", name
         assert artifact_location.startswith("mlflow-artifacts:"), artifact_location  # served by the server

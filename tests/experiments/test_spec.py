@@ -23,7 +23,7 @@ def test_the_study_expands_to_32_distinct_runs() -> None:
     assert len(runs) == 32 and len({r.config_hash for r in runs}) == 32
     assert {r.config.model.backbone for r in runs} == {"resnet50", "resnet101"}
     assert {r.config.train.iterations for r in runs} == {40000} and spec.margin == 0.5
-    assert runs[0].name == "r50-it40000-s0" and runs[0].run_dir.name == runs[0].config_hash
+    assert runs[0].name == "backbone=resnet50,iterations=40000,seed=0" and runs[0].run_dir.name == runs[0].config_hash
     schedules = expand_grid(load_spec(SWEEPS / "r50_vs_r101_schedules.yaml"))
     assert sorted({r.config.train.iterations for r in schedules}) == [20000, 40000, 80000] and len(schedules) == 18
     assert spec.slurm.gpus_per_node == 2 and spec.slurm.tasks_per_node == 2

@@ -147,7 +147,8 @@ def test_failed_runs_are_resubmitted_counted_then_stall_until_a_person_sweeps(tm
         assert failed.tags[RESUBMITS_TAG] == str(attempt) and failed.status == "SCHEDULED"
         set_status(spec.tracking_uri, failed.run_id, "FAILED")  # it failed again
         (spec.runs_root / spec.name / failed.tags["config_hash"] / JOB_ID_FILE).unlink()
-    with pytest.raises(ExperimentsError, match=r"stalled: run r101-s1 failed 3 times .* `experiments sweep "):
+    stalled = r"stalled: run backbone=resnet101,seed=1 failed 3 times .* `experiments sweep "
+    with pytest.raises(ExperimentsError, match=stalled):
         advance(spec, "debug", check_data=False)
     assert _parent(spec)[0][STATE_TAG] == "stalled"
     result, jobs = advance(spec, "debug", check_data=False, resume=True)  # what `experiments sweep` does

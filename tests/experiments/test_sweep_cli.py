@@ -110,11 +110,12 @@ def test_dry_run_prints_the_table_and_submits_nothing(tmp_path: Path) -> None:
     lines = out.stdout.strip().splitlines()
     assert lines[0].split() == ["hash", "run", "status", "run", "dir"]
     runs = [line.split() for line in lines[1 : lines.index("")]]
-    assert [r[1] for r in runs] == ["r50-s0", "r50-s1", "r101-s0", "r101-s1"]
+    assert [r[1] for r in runs] == [f"backbone={b},seed={s}" for b in ("resnet50", "resnet101") for s in (0, 1)]
     assert all(r[2] == "-" and r[3] == str(tmp_path / "runs" / load_spec(spec).name / r[0]) for r in runs)
     memory = lines[lines.index("") + 1 : -1]  # the estimate per cell (deeplab.memory), before anything is submitted
     assert memory[0].startswith("GPU memory per GPU, training (2 ranks;") and len(memory) == 3
-    assert [m.split()[0] for m in memory[1:]] == ["resnet50", "resnet101"] and all(" GB " in m for m in memory[1:])
+    assert [m.split()[0] for m in memory[1:]] == ["backbone=resnet50", "backbone=resnet101"]
+    assert all(" GB " in m for m in memory[1:])
     assert lines[-1] == "dry run: 4 runs, nothing submitted"
     _assert_nothing_created(tmp_path)
 

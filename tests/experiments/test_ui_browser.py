@@ -43,6 +43,7 @@ CHROMIUM_ARGS = [
 ]
 SWEEP = "ui_tiny"
 METRIC = "val/mIoU"
+R50_S0 = "backbone=resnet50,seed=0"  # a child run's name: its axis tags (experiments.axes.run_name)
 TIMEOUT_MS = 60_000  # two shared cores: the UI's first render can take a while
 
 
@@ -175,7 +176,7 @@ def test_mlflow_ui_shows_the_verdict_and_the_runs_table(tmp_path: Path) -> None:
     experiment = client.get_experiment_by_name(SWEEP)
     eid = experiment.experiment_id
     children = {run.info.run_name: run for run in client.search_runs([eid]) if "mlflow.parentRunId" in run.data.tags}
-    assert sorted(children) == ["r101-s0", "r101-s1", "r50-s0", "r50-s1"]
+    assert sorted(children) == [f"backbone={b},seed={s}" for b in ("resnet101", "resnet50") for s in (0, 1)]
     assert all(run.info.status == "FINISHED" and METRIC in run.data.metrics for run in children.values())
 
     shots = artifact_dir(tmp_path)
@@ -215,7 +216,7 @@ def test_mlflow_ui_shows_the_verdict_and_the_runs_table(tmp_path: Path) -> None:
                 datasets = row.locator('[role=gridcell][col-id="attributes.`Dataset`"]').inner_text()
                 assert "synthetic/train" in datasets, (name, datasets)  # the Datasets column tells synthetic runs
             page.screenshot(path=str(shots / "runs_table.png"))
-            run_page_shows_system_metrics_and_predictions(page, server, eid, children["r50-s0"].info.run_id, shots)
+            run_page_shows_system_metrics_and_predictions(page, server, eid, children[R50_S0].info.run_id, shots)
             assert page.get_by_text(SWEEP, exact=True).and_(run_links).count() == 0  # the parent is filtered out
 
             # the parent run's page: the verdict is its description
