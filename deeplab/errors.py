@@ -32,5 +32,12 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message held
+    print(f"error: {one_line(message)}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def one_line(message: str) -> str:
+    """The message on one line, its control characters escaped: names from a file or a store are untrusted text,
+    and an escape sequence in them must not rewrite the user's terminal."""
+    text = " ".join(message.split())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -40,3 +40,9 @@ def test_a_bug_keeps_its_traceback() -> None:
         run_command(_raising(ZeroDivisionError("a bug")))
     with pytest.raises(ValueError, match="not ours to hide"):
         run_command(_raising(ValueError("not ours to hide")))
+
+
+def test_control_characters_in_a_message_are_escaped(capsys) -> None:
+    """A name read from a file is untrusted text: its escape sequences reach the terminal as text."""
+    assert run_command(_raising(DeeplabError("config: unknown key model.\x1b[2Jevil\x07"))) == 2
+    assert capsys.readouterr().err == "error: config: unknown key model.\\x1b[2Jevil\\x07\n"
