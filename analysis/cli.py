@@ -55,7 +55,7 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out, "--out")
     from analysis.evidence_report import write_evidence
 
-    path = write_evidence(out, run_sd=args.run_sd, margin=args.margin)
+    path = write_evidence(out, run_sd=args.run_sd, margin=args.margin).report
     print(f"evidence report written to {path} (self-contained page: {path.with_suffix('.html')})")
     return 0
 

@@ -94,11 +94,12 @@ def summary_metrics(c: Comparison) -> dict[str, float]:
     return {k: round(float(v), 2) for k, v in out.items() if not math.isnan(v)}
 
 
-def publish_to_mlflow(c: Comparison, out: Path) -> None:
-    """The headline, the verdict, Δ per cell and the report's files onto the sweep's parent run."""
+def publish_to_mlflow(c: Comparison, out: Path, files: list[Path]) -> None:
+    """The headline, the verdict, Δ per cell and the report's ``files`` (those it wrote in ``out``) onto the sweep's
+    parent run."""
     run_id = publish_report(
         c.tracking_uri, c.experiment, headline=headline(c), description=lambda link: description(c, link, out),
-        metrics=summary_metrics(c), out=out,
+        metrics=summary_metrics(c), out=out, files=files,
     )  # fmt: skip
     if run_id is None:
         print(f"MLflow: experiment {c.experiment!r} has no single sweep parent run (imported runs?): not published")

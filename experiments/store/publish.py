@@ -1,7 +1,8 @@
 """A report published where researchers look: on its sweep's parent run, in MLflow's UI.
 
-The parent run gets a description (``mlflow.note.content``), summary metrics at step 0, and report.md, report.html
-and the figures as artifacts under ``report/``; the experiment's description is a one-line headline. What they say
+The parent run gets a description (``mlflow.note.content``), summary metrics at step 0, and the report's own files
+(report.md, report.html, the figures; never other files of its folder) as artifacts under ``report/``; the
+experiment's description is a one-line headline. What they say
 is the caller's (``analysis.landing``): this module speaks MLflow only. A re-run replaces what an earlier one wrote:
 the descriptions are overwritten, each metric is logged at step 0 again (the newest point is the one the UI shows;
 the history keeps one point per publication) and artifacts of the same name are overwritten.
@@ -10,7 +11,7 @@ the history keeps one point per publication) and artifacts of the same name are 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mlflow.entities import Metric
@@ -43,10 +44,11 @@ def report_link(experiment_id: str, run_id: str) -> str:
 
 def publish_report(
     uri: str, experiment: str, *, headline: str, description: Callable[[str], str], metrics: dict[str, float],
-    out: Path,
+    out: Path, files: Sequence[Path],
 ) -> str | None:  # fmt: skip
-    """Publish the report in ``out`` to the sweep's parent run; returns its id, or None when there is no parent.
-    ``headline`` becomes the experiment's description, ``description(link to report.html)`` the parent run's."""
+    """Publish the report's ``files`` (under ``out``, each kept at its place below it) to the sweep's parent run;
+    returns its id, or None when there is no parent. ``headline`` becomes the experiment's description,
+    ``description(link to report.html)`` the parent run's."""
     found = report_parent(uri, experiment)
     if found is None:
         return None
@@ -58,10 +60,6 @@ def publish_report(
     now = int(time.time() * 1000)
     points = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
     log(uri, run_id, metrics=points, tags={NOTE: description(report_link(eid, run_id))})
-    out = Path(out)
-    for name in ("report.md", "report.html"):
-        log_artifact(uri, run_id, out / name, REPORT_DIR)
-    for folder in ("figures", "evidence"):  # evidence: the public-evidence report on its own (also report.html's end)
-        if (out / folder).is_dir():
-            log_artifact(uri, run_id, out / folder, f"{REPORT_DIR}/{folder}")
+    for path in map(Path, files):  # the listed files only: a folder may hold the user's other files
+        log_artifact(uri, run_id, path, "/".join([REPORT_DIR, *path.parent.relative_to(out).parts]))
     return run_id
