@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tiny import REPO
+from tiny import REPO, fork_log
 
 from analysis.errors import AnalysisError
 from analysis.fork_logs import (
@@ -24,7 +24,7 @@ from analysis.fork_logs import (
     fork_validations,
 )
 from analysis.published import published_frame
-from analysis.seed_log import SEED_EPOCH_ITERATIONS, parse_seed_log
+from analysis.seed_log import parse_seed_log
 
 REFERENCE = REPO.parent / "shared" / "reference"
 LOGS = REFERENCE / "seed-fork-logs"
@@ -87,18 +87,6 @@ def test_the_published_table_follows_the_shared_one() -> None:
     assert (DATA / "published_results.csv").read_bytes() == (REFERENCE / "published_results.csv").read_bytes()
 
 
-def _fork_log(total: int, interval: int = 100) -> str:
-    """A fork-format log: a progress line every ``interval`` iterations (the last one before ``total``) and the
-    epoch's validation after the last line printed before each epoch (372 iterations) ends."""
-    lines, epoch_end = [], SEED_EPOCH_ITERATIONS
-    for it in range(interval, total, interval):
-        lines.append(f"iter: {it}/{total}, lr: 0.001000, loss: {2 - it / total:.4f}, eta: 0:01:00, time: 8.0000")
-        if it + interval > epoch_end:
-            lines.append(f"mIOU is: 0.{50 + it // 100}")
-            epoch_end += SEED_EPOCH_ITERATIONS
-    return "\n".join(lines) + "\n"
-
-
 @pytest.fixture
 def package(tmp_path: Path) -> Path:
     """A copy of the package data, as `fork-data --out` would overwrite it."""
@@ -113,7 +101,7 @@ def _logs(tmp_path: Path, last: str) -> Path:
     """Both logs, the second one (slurm-11311.out, 800 iterations: it ends on a validation) as ``last``."""
     logs = tmp_path / "logs"
     logs.mkdir()
-    (logs / "slurm-11413.out").write_text(_fork_log(1000))
+    (logs / "slurm-11413.out").write_text(fork_log(1000))
     (logs / "slurm-11311.out").write_text(last)
     return logs
 
@@ -130,7 +118,7 @@ def _logs(tmp_path: Path, last: str) -> Path:
 def test_an_incomplete_log_is_refused_and_the_package_data_stays(
     tmp_path: Path, package: Path, how: str, needle: str
 ) -> None:
-    whole = _fork_log(800)
+    whole = fork_log(800)
     assert whole.endswith("mIOU is: 0.57\n")
     last = {
         "cut mid-line": whole[:-3],
@@ -146,7 +134,7 @@ def test_an_incomplete_log_is_refused_and_the_package_data_stays(
 
 
 def test_whole_logs_replace_every_file_and_a_failed_write_replaces_none(tmp_path: Path, package: Path) -> None:
-    logs = _logs(tmp_path, _fork_log(800))
+    logs = _logs(tmp_path, fork_log(800))
     (package / f".{PROGRESS}.tmp").mkdir()  # the last file cannot be written
     before = {p.name: p.read_bytes() for p in package.iterdir() if p.is_file()}
     with pytest.raises(AnalysisError, match=rf"cannot write .*\.{PROGRESS}\.tmp"):
