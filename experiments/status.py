@@ -91,7 +91,7 @@ def status_report(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[lis
 def _reached(uri: str, runs: list[RunSpec], children: dict[str, ChildRun]) -> dict[str, int]:
     """Per run, the iteration it really reached: the furthest of its logged steps (train/lr at each log window,
     val/mIoU at each validation and at its end, which a log window may miss) and its checkpoint's iteration (the
-    run directory is the truth: a finished run's checkpoint holds its last iteration, a spool may not be replayed)."""
+    run directory is the truth: a finished run's checkpoint holds its last iteration; the store may lag behind)."""
     logged = [c.run_id for c in children.values() if TRAIN_LR in c.metrics or VAL_MIOU in c.metrics]
     steps = metric_histories(uri, logged, [TRAIN_LR, VAL_MIOU]).groupby("run_id").step.max().to_dict()
     out = {}

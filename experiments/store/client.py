@@ -36,8 +36,8 @@ from experiments.store.uri import sqlite_path
 
 class _RaisedToUs(logging.Filter):
     """MLflow logs a traceback for each database error before raising it to us (MlflowException); we report it
-    once: one line from a command (``store_error_line``), the spool's note in a job. A filter, not a level: the
-    logging configuration of MLflow's migrations resets levels."""
+    once: one line from a command (``store_error_line``), the run directory's record in a job. A filter, not a
+    level: the logging configuration of MLflow's migrations resets levels."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.ERROR
@@ -48,6 +48,7 @@ logging.getLogger("mlflow.store.db.utils").addFilter(_RaisedToUs())
 _identity: dict[Path, tuple[int, int]] = {}  # sqlite file → (st_dev, st_ino) when this process first opened it
 _clients: dict[str, MlflowClient] = {}
 _guard = threading.Lock()
+_last = threading.local()  # .db: the sqlite file this thread's latest client call went to (None: a server)
 
 
 class StoreGone(ExperimentsError):
@@ -82,6 +83,7 @@ def open_client(uri: str, *, create: bool = False) -> MlflowClient:
     """A client on ``uri``. A sqlite store must exist (``create=True``: it is created once, under the lock) and
     be the same file as when this process first opened it; otherwise StoreGone."""
     db = sqlite_path(uri)
+    _last.db = db.absolute() if db is not None else None
     if db is None:
         with _guard:
             if uri not in _clients:
@@ -147,13 +149,13 @@ def sqlite_cause(err: BaseException) -> sqlite3.Error | None:
 
 
 def store_error_line(err: BaseException) -> str | None:
-    """One line for an error a sqlite store this process opened raised beneath MLflow (``database or disk is
-    full``), naming the store; None for any other error (a bug keeps its traceback)."""
+    """One line for an error a sqlite store raised beneath MLflow (``database or disk is full``), naming the store
+    this thread last opened a client on (every store call opens one just before it); None for any other error (a
+    bug keeps its traceback)."""
     cause = sqlite_cause(err)
     if cause is None:
         return None
-    stores = ", ".join(str(db) for db in _identity) or "sqlite store"
-    return f"tracking store {stores}: {cause}"
+    return f"tracking store {getattr(_last, 'db', None) or 'sqlite'}: {cause}"
 
 
 def _check_same(db: Path) -> None:

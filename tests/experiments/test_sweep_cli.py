@@ -3,13 +3,11 @@ submitted; `--dry-run` only prints; `sync` replays tracking spools into their ML
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,47 +102,6 @@ def test_bad_input_is_named_in_one_line_and_nothing_is_created(tmp_path: Path, c
         (tmp_path / "runs").unlink()
     assert "submitted" not in out.stdout
     _assert_nothing_created(tmp_path)
-
-
-@contextlib.contextmanager
-def _full_disk(path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs at ``path`` filled to the last byte: a real ENOSPC (skipped where mounting is not allowed)."""
-    path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)], capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs is not allowed here")
-    try:
-        with contextlib.suppress(OSError), open(path / "filler", "wb") as f:
-            f.write(b"\0" * 128 * 1024)
-        yield path
-    finally:
-        busy = subprocess.run(["umount", str(path)], capture_output=True).returncode
-        if busy:  # never leave a mount behind; a file still open on it is a failure of its own
-            subprocess.run(["umount", "-l", str(path)], check=True)
-        assert not busy, f"{path}: a file on the full disk was left open"
-
-
-@pytest.mark.parametrize(("runs", "store"), [("full", "full"), ("elsewhere", "full"), ("full", "elsewhere")])
-def test_a_full_disk_at_sweep_start_is_one_error_and_leaves_nothing(tmp_path: Path, runs: str, store: str) -> None:
-    """The lock's record or the new store's tables meet ENOSPC: the error names the file, and the folders, lock
-    and half-created database are gone again."""
-    from deeplab.errors import DeeplabError
-    from experiments.sweep import submit
-
-    with _full_disk(tmp_path / "full") as full:
-        where = {"full": full, "elsewhere": tmp_path / "other"}
-        where["elsewhere"].mkdir()
-        spec = load_spec(_spec(tmp_path, "grid: {model.backbone: [resnet50]}\n"))
-        spec.runs_root, db = where[runs] / "runs", where[store] / "mlflow.db"
-        before = sorted(tmp_path.rglob("*"))
-        with pytest.raises(DeeplabError) as err:
-            submit(spec, "local", tracking_uri=f"sqlite:///{db}", check_data=False)
-        assert sorted(tmp_path.rglob("*")) == before
-    expected = (
-        f"sweep {full / 'runs' / spec.name / '.sweep.lock'}: cannot write its holder record (No space left on device)"
-        if runs == "full"
-        else f"tracking store {db}: cannot create it (database or disk is full); nothing was created"
-    )
-    assert str(err.value) == expected
 
 
 def test_dry_run_prints_the_table_and_submits_nothing(tmp_path: Path) -> None:
