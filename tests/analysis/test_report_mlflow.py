@@ -183,7 +183,7 @@ def test_publishing_uploads_the_files_it_is_given_and_leaves_the_folder_alone(
     from experiments.store import ensure_experiment, ensure_parent_run
 
     uri = sqlite_store
-    ensure_parent_run(uri, ensure_experiment(uri, "mine"), "mine")
+    ensure_parent_run(uri, ensure_experiment(uri, "mine"), "mine", folder=tmp_path / "runs" / "mine")
     out = tmp_path / "out"
     own = ["report.md", "report.html", "figures/curves.png", "evidence/report.md", "evidence/figures/forest.svg"]
     theirs = ["notes.txt", "figures/old_plot.png", "evidence/draft.md", "data/big.csv"]
