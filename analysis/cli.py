@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from analysis.seed_log import SEED_EPOCH_ITERATIONS
@@ -68,7 +69,7 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out, "--out")
     from analysis.evidence_report import write_evidence
 
-    path = write_evidence(out, run_sd=args.run_sd, margin=args.margin)
+    path = write_evidence(out, run_sd=args.run_sd, margin=args.margin).report
     print(f"evidence report written to {path} (self-contained page: {path.with_suffix('.html')})")
     return 0
 
@@ -164,4 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser().parse_args(argv))
+    return run_command(build_parser().parse_args(argv), known=store_error_line)
+
+
+def store_error_line(err: Exception) -> str | None:
+    """One line for a sqlite store's error beneath MLflow (a full disk); None when the store was never opened."""
+    client = sys.modules.get("experiments.store.client")  # not imported: the error is not the store's
+    return client.store_error_line(err) if client is not None else None

@@ -11,7 +11,7 @@ from analysis.cells import DELTA_DEFINITION, DELTA_NAME
 from analysis.errors import AnalysisError
 from analysis.evidence import Evidence, gather_evidence, verdict_sentences
 from analysis.fork_logs import fork_meta, fork_progress, fork_summary
-from analysis.html import markdown_table, write_pages
+from analysis.html import PAGES, Written, markdown_table, write_pages
 from analysis.seed_log import SEED_EPOCH_ITERATIONS
 from analysis.selection import expected_max_iid
 
@@ -19,8 +19,9 @@ K_LAST = 10
 TITLE = "Does a ResNet-50 backbone match ResNet-101? — what public evidence says"
 
 
-def write_evidence(out: Path, run_sd: float | None = None, margin: float = 0.5) -> Path:
-    """Write ``out/report.md``, ``out/report.html`` and ``out/figures/``; returns report.md's path."""
+def write_evidence(out: Path, run_sd: float | None = None, margin: float = 0.5) -> Written:
+    """Write ``out/report.md``, ``out/report.html`` and ``out/figures/``; returns report.md's path and every file
+    written (the folder's other files are not the report's)."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)  # before the work: a bad --out fails at once
@@ -29,16 +30,18 @@ def write_evidence(out: Path, run_sd: float | None = None, margin: float = 0.5) 
         raise AnalysisError(f"evidence: cannot write {err.filename or out} ({err.strerror})") from None
 
 
-def _write(out: Path, ev: Evidence, margin: float) -> Path:
+def _write(out: Path, ev: Evidence, margin: float) -> Written:
     figures = out / "figures"
     res101 = ev.family[ev.family.backbone == "resnet101"]
-    evidence_figures.fork_curves_figure(ev.validations, ev.biases, res101, figures, K_LAST)
-    evidence_figures.fork_loss_figure(fork_progress(), figures)
-    evidence_figures.forest_figure(ev.pairs, ev.pooled, margin, figures)
+    files = [
+        *evidence_figures.fork_curves_figure(ev.validations, ev.biases, res101, figures, K_LAST),
+        *evidence_figures.fork_loss_figure(fork_progress(), figures),
+        *evidence_figures.forest_figure(ev.pairs, ev.pooled, margin, figures),
+    ]
     text = render(ev, margin)
     out.mkdir(parents=True, exist_ok=True)
-    write_pages(text, out)
-    return out / "report.md"
+    report = write_pages(text, out)
+    return Written(report, [*(out / name for name in PAGES), *files])
 
 
 def _fork_section(ev: Evidence) -> list[str]:

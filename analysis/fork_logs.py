@@ -1,11 +1,14 @@
 """The seed fork's two training logs as package data: every validation, the loss curve, the source.
 
 ``python -m analysis fork-data LOG_DIR`` regenerates ``analysis/data/seed_fork_*`` from the logs with the
-importer's parser (``analysis.seed_log``); the raw logs are not part of the project.
+importer's parser (``analysis.seed_log``); the raw logs are not part of the project. A log that does not run to
+its end (missing, cut mid-line, stopped before its last iteration or its last validation) is refused: the package
+data stays as it was, since it would otherwise describe part of a run as the whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from analysis.seed_log import SEED_EPOCH_ITERATIONS, parse_seed_log
+from analysis.seed_log import SEED_EPOCH_ITERATIONS, SeedLog, parse_seed_log
 
 DATA = Path(__file__).with_name("data")
 SOURCE = "https://github.com/konami86/DeepLab-v3-plus-cityscapes-Res50"
@@ -36,8 +39,7 @@ def extract_fork_logs(log_dir: Path, out: Path = DATA) -> list[Path]:
         except OSError as err:
             raise AnalysisError(f"fork-data: cannot read {path} ({err.strerror})") from None
         log = parse_seed_log(raw.decode("utf-8", errors="replace"), where=str(path))
-        if not log.validations or not log.total:
-            raise AnalysisError(f"fork-data: {path} has no validation or no progress line: not a fork log")
+        _check_complete(log, path)
         meta.append(
             {
                 "file": name,
@@ -66,14 +68,43 @@ def extract_fork_logs(log_dir: Path, out: Path = DATA) -> list[Path]:
         .to_csv(index=False),
         PROGRESS: pd.DataFrame(progress, columns=["log", "iteration", "lr", "loss", "seconds"]).to_csv(index=False),
     }
-    out = Path(out)
+    return _replace_all(Path(out), texts)
+
+
+def _check_complete(log: SeedLog, path: Path) -> None:
+    """Refuse a log that stops before its run's end. Validations come once an epoch, so a whole log's last one is
+    within an epoch (plus a log interval, where it is placed) of its last iteration."""
+    if not log.validations or not log.total:
+        raise AnalysisError(f"fork-data: {path} has no validation or no progress line: not a fork log")
+    end = f"{path} is incomplete, refused (the package data is left as it was)"
+    if log.truncated or log.final_missing:
+        cut = "mid-line" if log.truncated else "before its final evaluation's result"
+        raise AnalysisError(f"fork-data: {end}: it ends {cut}, cut while it was written")
+    interval, last = log.log_interval or 0, log.progress[-1].iteration
+    if last < log.total - interval:
+        raise AnalysisError(f"fork-data: {end}: its progress stops at iteration {last} of {log.total}")
+    final = log.validations[-1].iteration
+    if final < log.total - SEED_EPOCH_ITERATIONS - interval:
+        raise AnalysisError(
+            f"fork-data: {end}: its last validation is at iteration {final}, more than an epoch "
+            f"({SEED_EPOCH_ITERATIONS} iterations) before the end ({log.total}): cut before its final validation"
+        )
+
+
+def _replace_all(out: Path, texts: dict[str, str]) -> list[Path]:
+    """Every file written beside its target first, then each renamed over it: a failure (a full disk) leaves the
+    old files and no temporary behind."""
+    temps = [out / f".{name}.tmp" for name in texts]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for name, text in texts.items():
-            (out / f".{name}.tmp").write_text(text)
-        for name in texts:
-            os.replace(out / f".{name}.tmp", out / name)
+        for temp, text in zip(temps, texts.values(), strict=True):
+            temp.write_text(text)
+        for temp, name in zip(temps, texts, strict=True):
+            os.replace(temp, out / name)
     except OSError as err:
+        for temp in temps:
+            with contextlib.suppress(OSError):
+                temp.unlink()
         raise AnalysisError(f"fork-data: cannot write {err.filename or out} ({err.strerror})") from None
     return [out / name for name in texts]
 

@@ -13,6 +13,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import NamedTuple
 
 import markdown
 import pandas as pd
@@ -123,11 +124,21 @@ def markdown_to_html(text: str, base: Path) -> str:
     )
 
 
+class Written(NamedTuple):
+    """What a report wrote: its report.md, and every file it wrote (pages and figures), the files it publishes."""
+
+    report: Path
+    files: list[Path]
+
+
+PAGES = ("report.html", "report.md")
+
+
 def write_pages(text: str, out: Path) -> Path:
     """``out/report.html`` (self-contained) and ``out/report.md``, each written whole or not at all; report.md
     goes last, so its presence marks a complete report. Returns report.md's path."""
     page = markdown_to_html(text, out)
-    for name, content in (("report.html", page), ("report.md", text)):
+    for name, content in zip(PAGES, (page, text), strict=True):
         tmp = out / f".{name}.tmp"
         tmp.write_text(content)
         os.replace(tmp, out / name)

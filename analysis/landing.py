@@ -20,7 +20,6 @@ from experiments.store import artifact_link, publish_to_run, sweep_parent
 # headline is one short line (about 150 characters fit beside the sidebar in a 1280 px wide window, 120 in 1100 px)
 HEADLINE_MAX = 120
 REPORT_DIR = "report"  # artifact folder on the parent run
-REPORT_FOLDERS = ("figures", "evidence")  # evidence: the public-evidence report on its own (also report.html's end)
 
 
 def cell_metric_name(axes: StudyAxes, key: CellKey) -> str:
@@ -97,15 +96,16 @@ def summary_metrics(c: Comparison) -> dict[str, float]:
     return {k: round(float(v), 2) for k, v in out.items() if not math.isnan(v)}
 
 
-def report_artifacts(out: Path) -> list[tuple[Path, str]]:
-    """(local path, artifact folder) of the report's files in ``out``: under ``report/`` on the parent run."""
+def report_artifacts(out: Path, files: list[Path]) -> list[tuple[Path, str]]:
+    """(local file, artifact folder) of the report's own ``files`` in ``out`` (never the folder's other files),
+    each under ``report/`` at its place below ``out``."""
     out = Path(out)
-    files = [(out / name, REPORT_DIR) for name in ("report.md", "report.html")]
-    return files + [(out / f, f"{REPORT_DIR}/{f}") for f in REPORT_FOLDERS if (out / f).is_dir()]
+    return [(Path(f), "/".join([REPORT_DIR, *Path(f).parent.relative_to(out).parts])) for f in files]
 
 
-def publish_to_mlflow(c: Comparison, out: Path) -> None:
-    """The headline, the verdict, Δ per cell and the report's files onto the sweep's parent run."""
+def publish_to_mlflow(c: Comparison, out: Path, files: list[Path]) -> None:
+    """The headline, the verdict, Δ per cell and the report's ``files`` (those it wrote in ``out``) onto the
+    sweep's parent run."""
     found = sweep_parent(c.tracking_uri, c.experiment)
     if found is None:
         print(f"MLflow: experiment {c.experiment!r} has no single sweep parent run (imported runs?): not published")
@@ -114,6 +114,6 @@ def publish_to_mlflow(c: Comparison, out: Path) -> None:
     link = artifact_link(eid, run_id, f"{REPORT_DIR}/report.html")
     publish_to_run(
         c.tracking_uri, eid, run_id, experiment_note=headline(c), run_note=description(c, link, out),
-        metrics=summary_metrics(c), artifacts=report_artifacts(out),
+        metrics=summary_metrics(c), artifacts=report_artifacts(out, files),
     )  # fmt: skip
     print(f"MLflow: verdict, Δ metrics and report published to the sweep's parent run {run_id}")

@@ -20,8 +20,8 @@ from analysis.deviations import deviations_section
 from analysis.evidence_report import TITLE as EVIDENCE_TITLE
 from analysis.evidence_report import section_of, write_evidence
 from analysis.frames import per_class_frame
+from analysis.html import PAGES, write_pages
 from analysis.html import markdown_table as _table
-from analysis.html import write_pages
 from analysis.landing import publish_to_mlflow
 from analysis.looks import looks_table
 from analysis.provenance import provenance_lines, run_link
@@ -39,25 +39,25 @@ def write_report(
 ) -> Path:  # fmt: skip
     """Write ``out/report.md``, ``out/report.html`` (self-contained) and the figures; returns report.md's path.
     ``margin``: the spec's analysis.margin unless given; ``spec``: the sweep spec, when its parent run's is not
-    readable here."""
+    readable here. ``out`` may hold other files: they are left alone, and only the report's own are published."""
     out = Path(out)
     c = compare(experiment, tracking_uri, margin, n_boot, spec)
     published = published_deeplabv3plus()
-    captions = write_figures(c, published, out / "figures")
+    captions, figure_files = write_figures(c, published, out / "figures")
     out.mkdir(parents=True, exist_ok=True)
     evidence = write_evidence(out / EVIDENCE, margin=c.margin)  # the public evidence, beside the sweep's results
-    text = _render(c, published, captions) + section_of(evidence.read_text(), EVIDENCE)
-    write_pages(text, out)
-    publish_to_mlflow(c, out)
-    return out / "report.md"
+    text = _render(c, published, captions) + section_of(evidence.report.read_text(), EVIDENCE)
+    report = write_pages(text, out)
+    publish_to_mlflow(c, out, [*(out / name for name in PAGES), *figure_files, *evidence.files])
+    return report
 
 
 def _band_words(n: int) -> str:
     return "mean with its 95% CI over seeds" if n >= figures.MIN_BAND_SEEDS else "mean, and each seed (n < 3)"
 
 
-def write_figures(c: Comparison, published: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
-    """Every figure of the report, as (file stem, caption) in their numbered order."""
+def write_figures(c: Comparison, published: pd.DataFrame, out: Path) -> tuple[list[tuple[str, str]], list[Path]]:
+    """Every figure of the report: (file stem, caption) in their numbered order, and the files written."""
     n = int(c.runs.groupby(["backbone", *c.axes.cell_columns]).size().min())
     per_class = per_class_frame(c.tracking_uri, list(c.runs.run_id))
     band = (
@@ -66,9 +66,9 @@ def write_figures(c: Comparison, published: pd.DataFrame, out: Path) -> list[tup
         else f"every {c.axes.delta_name.replace(' − ', '-seed − ')}-seed difference as dots (seeds are unpaired; "
         "n < 3, so no band)"
     )
-    captions = []
+    captions, files = [], []
     if c.looks:
-        figures.looks_figure(c.looks, out, c.axes)
+        files += figures.looks_figure(c.looks, out, c.axes)
         captions.append(
             (
                 "looks",
@@ -76,24 +76,24 @@ def write_figures(c: Comparison, published: pd.DataFrame, out: Path) -> list[tup
                 "at each look; grey: ±margin; green ticks: the Δ̂ that stops for equivalence; red dots: futility",
             )
         )
-    figures.delta_curves_figure(c.deltas, out, c.axes, c.margin)
-    figures.curves_figure(c.runs, c.curves, out, c.axes)
-    figures.final_vs_schedule_figure(c.runs, published, out, c.axes)
-    figures.per_class_delta_figure(per_class, c.runs, out, c.axes)
-    figures.cost_figure(c.runs, out)
+    files += figures.delta_curves_figure(c.deltas, out, c.axes, c.margin)
+    files += figures.curves_figure(c.runs, c.curves, out, c.axes)
+    files += figures.final_vs_schedule_figure(c.runs, published, out, c.axes)
+    files += figures.per_class_delta_figure(per_class, c.runs, out, c.axes)
+    files += figures.cost_figure(c.runs, out)
     published_words = (
         "synthetic data, so the published Cityscapes numbers are left out"
         if c.synthetic
         else "with the published points"
     )
-    return [
-        *captions,
+    captions += [
         ("delta_curves", f"Δ val mIoU ({c.axes.delta_name}) along the iterations of each cell: {band}; grey: ±margin"),
         ("curves", f"val mIoU vs iteration per backbone: {_band_words(n)}"),
         ("final_vs_schedule", f"final mIoU vs schedule length ({_band_words(n)}), {published_words}"),
         ("per_class_delta", f"per-class Δ IoU ({c.axes.delta_name}) at the longest schedule; hatched: both 0"),
         ("cost", "final mIoU vs compute; parameters [M] and GFLOPs on their own axes"),
     ]
+    return captions, files
 
 
 def _data_cost_line(c: Comparison) -> str:

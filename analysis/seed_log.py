@@ -60,6 +60,7 @@ class SeedLog:
     final_eval: float | None = None  # the final model's evaluation after training, when the log has one
     total: int | None = None  # M of the progress lines' "N/M"
     truncated: bool = False  # the last line had no newline (cut while written): a validation on it is dropped
+    final_missing: bool = False  # "evaluating the final model" with no mIoU after it: cut before the result
 
     @property
     def log_interval(self) -> int | None:
@@ -105,6 +106,7 @@ def _scan(text: str, percent: bool, where: str) -> SeedLog:
                 v.printed_previous_best = _fraction(m[1], number, percent, where)
             elif FINAL_EVAL.search(segment):
                 pending_final = True
+    log.final_missing = pending_final
     return log
 
 

@@ -286,12 +286,53 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _unwrap(tp: Any) -> tuple[Any, bool]:
+    """(the type, whether None is allowed) of an annotation such as ``SynthConfig | None``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return (args[0] if len(args) == 1 else tp), True
+    return tp, False
+
+
+def _section(dotted: str) -> bool | None:
+    """Whether the section ``dotted`` is optional (may be null); None when ``dotted`` names no section."""
+    tp, optional = Config, False
+    for part in dotted.split("."):
+        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
+        if part not in hints:
+            return None
+        tp, optional = _unwrap(hints[part])
+    return optional if dataclasses.is_dataclass(tp) else None
+
+
+def _override(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set one override. A section is never replaced wholesale: a mapping sets the keys it names (the others keep
+    the base's values), and null or {} is refused, since it would silently reset every key to its default. An
+    optional section (``data.synthetic``) may be null, which turns it off."""
+    optional = _section(dotted)
+    if optional is None or (value is None and optional) or not (value is None or isinstance(value, dict)):
+        _set_dotted(data, dotted, value)  # a field, an unknown key, or a non-mapping (the type check names it)
+        return
+    if value is None or (not value and not optional):
+        raise DeeplabError(
+            f"config: {dotted}={'null' if value is None else '{}'} would reset every key of the {dotted} section "
+            f"to its default; set the keys to change ({dotted}.KEY=VALUE)"
+        )
+    node = data
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if node is None:  # an optional section turned on: its defaults, then the keys given
+        _set_dotted(data, dotted, {})
+    for key, inner in value.items():
+        _override(data, f"{dotted}.{key}", inner)
+
+
 def from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None, *, check: bool = True) -> Config:
     """Build a Config from nested data plus dotted overrides: keys and types always checked, the rules across
     fields (``validate``) unless ``check`` is false."""
     data = json.loads(json.dumps(data or {}, default=str))  # a deep copy; YAML dates become strings
     for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+        _override(data, dotted, value)
     cfg = _from_dict(Config, data)
     if check:
         validate(cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 EXIT_BAD_INPUT = 2
 
@@ -20,9 +21,10 @@ def os_error_line(err: OSError) -> str:
     return f"{names}: {err.strerror or err.__class__.__name__}"
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace, known: Callable[[Exception], str | None] | None = None) -> int:
     """Run a parsed subcommand (``args.func``). Our errors and environmental OSErrors (disk full, permissions,
-    a file gone) become one ``error:`` line and exit 2; anything else is a bug and keeps its traceback."""
+    a file gone) become one ``error:`` line and exit 2, and so does any error ``known`` gives a line for (an
+    environmental error a library wraps); anything else is a bug and keeps its traceback."""
     try:
         return int(args.func(args) or 0)
     except DeeplabError as err:
@@ -32,5 +34,17 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message held
+    except Exception as err:
+        line = known(err) if known is not None else None
+        if line is None:
+            raise
+        message = line
+    print(f"error: {one_line(message)}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def one_line(message: str) -> str:
+    """The message on one line, its control characters escaped: names from a file or a store are untrusted text,
+    and an escape sequence in them must not rewrite the user's terminal."""
+    text = " ".join(message.split())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

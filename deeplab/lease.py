@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from deeplab.errors import DeeplabError
+from deeplab.outputs import missing_dirs, remove_empty_dirs
 
 LEASE_NAME = ".lease"
 HEARTBEAT_S = 30.0
@@ -251,11 +252,17 @@ def acquire(path: Path, what: str = "lease") -> Lease:
     """Take the lease on ``path`` (created, with its directory, when missing) or raise LeaseHeld naming the holder."""
     path = Path(path).absolute()
     me = Holder.current()
+    made = missing_dirs(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        remove_empty_dirs(made)
         raise DeeplabError(f"{what} {path}: cannot create it ({err.strerror})") from None
-    dir_fd = _lock_dir(path, what)
+    try:
+        dir_fd = _lock_dir(path, what)
+    except BaseException:
+        remove_empty_dirs(made)
+        raise
     try:
         while True:
             try:
@@ -272,6 +279,7 @@ def acquire(path: Path, what: str = "lease") -> Lease:
             os.close(fd)  # the file was removed or replaced while we waited: lock the one at the path now
     except BaseException:
         os.close(dir_fd)
+        remove_empty_dirs(made)  # a refused or failed lease leaves no folder it made
         raise
     return Lease(path, fd, me, dir_fd=dir_fd)
 
@@ -309,9 +317,14 @@ def _lock(fd: int, path: Path, me: Holder, what: str) -> bool:
     other = Holder.from_json(_read(str(path)))
     if other is not None and other.alive(os.fstat(fd).st_mtime):  # flock was node-local (or is unsupported)
         raise LeaseHeld(_held(path, other, what))
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, me.to_json().encode(), 0)
-    os.fsync(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me.to_json().encode(), 0)
+        os.fsync(fd)
+    except OSError as err:  # a full disk: the file is ours (flocked, no live holder), so it goes too
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise DeeplabError(f"{what} {path}: cannot write its holder record ({err.strerror})") from None
     if not _on_local_fs(path):
         time.sleep(VERIFY_S)
         now = Holder.from_json(_read(str(path)))

@@ -53,3 +53,23 @@ def check_output_file(path: str | Path, flag: str) -> Path:
         raise DeeplabError(f"{flag} {path}: directory {parent} does not exist")
     _probe(_nearest_existing(parent, flag, path), flag, path)
     return path
+
+
+def missing_dirs(path: str | Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first: what creating it would make."""
+    missing = []
+    for candidate in (Path(path), *Path(path).parents):
+        if os.path.lexists(candidate):
+            break
+        missing.append(candidate)
+    return missing
+
+
+def remove_empty_dirs(dirs: list[Path]) -> None:
+    """Remove each directory (deepest first) while it is empty: a command that failed before writing into the folders
+    it made leaves none behind. Stops at the first one that holds something (or is gone)."""
+    for directory in dirs:
+        try:
+            directory.rmdir()
+        except OSError:
+            return

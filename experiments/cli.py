@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from typing import TYPE_CHECKING
 
 from deeplab.arguments import int_in
@@ -229,4 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser().parse_args(argv))
+    return run_command(build_parser().parse_args(argv), known=store_error_line)
+
+
+def store_error_line(err: Exception) -> str | None:
+    """One line for a sqlite store's error beneath MLflow (a full disk); None when the store was never opened."""
+    client = sys.modules.get("experiments.store.client")  # not imported: the error is not the store's
+    return client.store_error_line(err) if client is not None else None

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deeplab.lease import Holder, Lease, LeaseHeld, acquire
+from deeplab.outputs import missing_dirs, remove_empty_dirs
 from experiments.errors import ExperimentsError
 
 JOB_ID_FILE = "job_id"
@@ -105,7 +106,9 @@ def alive(records: dict[str, JobRecord]) -> dict[str, bool | None]:
 @contextlib.contextmanager
 def sweep_lock(folder: Path, timeout_s: float = 600.0) -> Iterator[Lease]:
     """Hold the sweep's lock (``folder/.sweep.lock``) while runs are checked, created and submitted; another sweep
-    of the same spec waits for it here, then finds the runs submitted."""
+    of the same spec waits for it here, then finds the runs submitted. Folders the lock created are removed again
+    when the sweep fails before writing into them (a full disk at the start leaves nothing behind)."""
+    made = missing_dirs(folder)
     deadline, said = time.monotonic() + timeout_s, False
     while True:
         try:
@@ -120,8 +123,11 @@ def sweep_lock(folder: Path, timeout_s: float = 600.0) -> Iterator[Lease]:
             time.sleep(0.25)
     try:
         yield lease
-    finally:
+    except BaseException:
         lease.release()
+        remove_empty_dirs(made)
+        raise
+    lease.release()
 
 
 def sweep_busy(folder: Path) -> str | None:

@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import itertools
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from experiments.axes import run_name
 from experiments.errors import ExperimentsError
 
 DEVICES = ("cuda", "cpu", "auto")
+# Config fields that hold a path: written relative in a spec's overrides or grid, they are the spec's, like its base
+PATH_KEYS = ("data.root", "data.cache", "model.weights")
+WEIGHT_NAMES = ("none", "imagenet")  # model.weights values that name weights rather than a file
 
 
 @dataclass
@@ -72,7 +76,7 @@ class SweepSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
     local: LocalSpec = field(default_factory=LocalSpec)
-    runs_root: Path = Path("runs")  # relative to the spec file when given there; else ./runs
+    runs_root: Path = Path("runs")  # relative to the spec file when given there; else ./runs of the command
     tracking_uri: str | None = None
     path: Path | None = None
     margin: float | None = None  # analysis.margin: the equivalence margin in mIoU points the study is sized for
@@ -126,7 +130,10 @@ def _section(cls: type, data: Any, where: str) -> Any:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep spec; paths in it are relative to the spec file."""
+    """Read and validate a sweep spec. Every relative path written in it resolves against the spec file's folder
+    (base, runs_root, a sqlite tracking.uri, and data.root, data.cache and model.weights in overrides and grid
+    values), so the spec means the same from any working directory; what it leaves unset defaults to the working
+    directory (./runs, ./mlflow.db)."""
     path = Path(path)
     try:
         data = load_yaml_file(path, "sweep spec")
@@ -188,20 +195,43 @@ def load_spec(path: str | Path) -> SweepSpec:
     base = (path.parent / data["base"]).resolve()
     _check_keys(path, base, grid, "grid")
     _check_keys(path, base, data.get("overrides") or {}, "overrides")
+    folder = path.absolute().parent
     return SweepSpec(
         name=name,
         base=base,
-        grid=grid,
-        overrides=data.get("overrides") or {},
+        grid={key: [_anchored(key, v, folder) for v in values] for key, values in grid.items()},
+        overrides={key: _anchored(key, v, folder) for key, v in (data.get("overrides") or {}).items()},
         slurm=_section(SlurmSpec, executor.get("slurm"), "executor.slurm"),
         local=_section(LocalSpec, executor.get("local"), "executor.local"),
         runs_root=(path.parent / data["runs_root"]).resolve() if "runs_root" in data else Path.cwd() / "runs",
-        tracking_uri=tracking.get("uri"),
+        tracking_uri=_anchored_uri(tracking.get("uri"), folder),
         path=path.resolve(),
         margin=float(margin) if margin is not None else None,
         paired=paired,
         sequential=sequential,
     )
+
+
+def _anchored(key: str, value: Any, folder: Path) -> Any:
+    """A config path written relative in the spec, made absolute against the spec's folder (inside a mapping of a
+    section too); other values as they are."""
+    if isinstance(value, dict):
+        return {k: _anchored(f"{key}.{k}", v, folder) for k, v in value.items()}
+    if key not in PATH_KEYS or not isinstance(value, str) or not value or os.path.isabs(value):
+        return value
+    if key == "model.weights" and value in WEIGHT_NAMES:
+        return value
+    return os.path.normpath(folder / value)
+
+
+def _anchored_uri(uri: Any, folder: Path) -> Any:
+    """A ``sqlite:///relative.db`` tracking URI made absolute against the spec's folder; any other as it is."""
+    from experiments.store.uri import sqlite_path
+
+    db = sqlite_path(uri) if isinstance(uri, str) else None
+    if db is None or db.is_absolute() or str(db) == ":memory:":
+        return uri
+    return f"sqlite:///{os.path.normpath(folder / db)}"
 
 
 def _positive(value: Any) -> bool:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from deeplab.checkpoint import CHECKPOINT_NAME, checkpoint_progress
 from deeplab.lease import Holder
 from deeplab.tracking import TRAIN_LR, VAL_MIOU, read_status
 from experiments.jobs import JobRecord, read_job, sweep_busy
@@ -66,8 +67,7 @@ def status_report(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[lis
             children[fixed.config_hash].status = fixed.status
     jobs = {r.config_hash: read_job(r.run_dir) for r in runs}
     slurm = _slurm_states([j.job_id for j in jobs.values() if j is not None and j.kind == "slurm"])
-    logged = [c.run_id for c in children.values() if TRAIN_LR in c.metrics]
-    reached = metric_histories(uri, logged, [TRAIN_LR]).groupby("run_id").step.max().to_dict()
+    reached = _reached(uri, runs, children)
     rows = []
     for r in runs:
         child, job = children.get(r.config_hash), jobs[r.config_hash]
@@ -80,12 +80,25 @@ def status_report(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[lis
                 "run": r.name,
                 "status": child.status if child else _unmirrored(r),
                 "job": shown.strip(),
-                "iteration": f"{reached.get(child.run_id, 0) if child else 0}/{r.config.train.iterations}",
+                "iteration": f"{reached[r.config_hash]}/{r.config.train.iterations}",
                 "val_mIoU": f"{child.metrics[VAL_MIOU]:.2f}" if child and VAL_MIOU in child.metrics else "-",
                 "run_id": child.run_id if child else "",
             }
         )
     return notes, rows
+
+
+def _reached(uri: str, runs: list[RunSpec], children: dict[str, ChildRun]) -> dict[str, int]:
+    """Per run, the iteration it really reached: the furthest of its logged steps (train/lr at each log window,
+    val/mIoU at each validation and at its end, which a log window may miss) and its checkpoint's iteration (the
+    run directory is the truth: a finished run's checkpoint holds its last iteration; the store may lag behind)."""
+    logged = [c.run_id for c in children.values() if TRAIN_LR in c.metrics or VAL_MIOU in c.metrics]
+    steps = metric_histories(uri, logged, [TRAIN_LR, VAL_MIOU]).groupby("run_id").step.max().to_dict()
+    out = {}
+    for r in runs:
+        child, saved = children.get(r.config_hash), checkpoint_progress(r.run_dir / CHECKPOINT_NAME)
+        out[r.config_hash] = int(max(steps.get(child.run_id, 0) if child else 0, saved[0] if saved else 0))
+    return out
 
 
 def _study_runs(

@@ -147,18 +147,13 @@ def print_table(planned: list[Planned]) -> None:
         print(f"{p.run.config_hash:<13} {p.run.name:<44} {status:<10} {p.run.run_dir}")
 
 
-def check_runs_root(folder: Path, create: bool) -> None:
-    """The sweep's run folder can be written (created unless ``create`` is false), before any MLflow run exists."""
+def check_runs_root(folder: Path) -> None:
+    """The sweep's run folder can be written, before any MLflow run exists (the sweep's lock creates it)."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
         raise ExperimentsError(f"runs_root: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ExperimentsError(f"runs_root: {existing} is not writable")
-    if create:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ExperimentsError(f"runs_root: cannot create {folder} ({err.strerror})") from None
 
 
 def recorded_run_id(run_dir: Path) -> str | None:
@@ -226,7 +221,7 @@ def submit(
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
     check_reachable(uri)
     folder = spec.runs_root / spec.name
-    check_runs_root(folder, create=False)  # created only once the data check passed: a refused sweep leaves nothing
+    check_runs_root(folder)  # created by the lock, once the data check passed: a refused sweep leaves nothing
     if dry_run:
         planned = plan(spec, uri, dry_run)
         print_table(planned)
@@ -236,7 +231,6 @@ def submit(
     runs = expand_grid(spec)
     if check_data:
         check_datasets(runs, workers=min(8, available_cpus()))
-    check_runs_root(folder, create=True)
     with sweep_lock(folder):
         check_same_store(spec, uri, runs)
         planned = plan(spec, uri, dry_run, runs)

@@ -2,7 +2,8 @@
 
 One table over `python -m deeplab`, `python -m experiments` and `python -m analysis`; each case runs the real
 command in a subprocess (two at a time). The messages are printed as a table (the closing notes of issues 5 and
-10 quote it). Places nobody may write in, as root too: /sys, and a read-only tmpfs when mounting is allowed.
+10 quote it). Places nobody may write in, as root too: /sys, and a read-only tmpfs when mounting is allowed; a
+disk with no space left: a full tmpfs, when mounting is allowed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from tiny import REPO, TINY, tiny_overrides
+from tiny import REPO, TINY, fork_log, tiny_overrides
 
 
 @dataclass
@@ -118,15 +119,40 @@ def _break(root: Path, how: str, split: str, index: int) -> None:
 
 
 @contextlib.contextmanager
-def _read_only_mount(path: Path) -> Iterator[Path | None]:
-    """A read-only tmpfs at ``path`` (root ignores permission bits), or None where mounting is not allowed."""
+def _tmpfs(path: Path, options: str) -> Iterator[Path | None]:
+    """A tmpfs mounted at ``path`` with ``options``, or None where mounting is not allowed."""
     path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
     try:
         yield path if mounted.returncode == 0 else None
     finally:
         if mounted.returncode == 0:
             subprocess.run(["umount", str(path)], check=True)
+
+
+def _fill(disk: Path, store: Path) -> dict[str, bytes]:
+    """A copy of an empty MLflow store on ``disk``, then every byte left taken; returns the disk's files."""
+    (disk / "store").mkdir()
+    shutil.copyfile(store, disk / "store" / "mlflow.db")
+    with contextlib.suppress(OSError), open(disk / "filler", "wb") as f:
+        f.write(b"\0" * (4 << 20))
+    return _files(disk)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _fork_logs(folder: Path, how: str) -> Path:
+    """The seed fork's two logs in small, the second broken the named way ("missing", "cut mid-line", "cut before
+    its final validation": it ends on one)."""
+    folder.mkdir()
+    (folder / "slurm-11413.out").write_text(fork_log(1000))
+    whole = fork_log(800)
+    broken = {"cut mid-line": whole[:-3], "cut before its final validation": whole[: whole.rindex("mIOU")]}
+    if how in broken:
+        (folder / "slurm-11311.out").write_text(broken[how])
+    return folder
 
 
 def _spec(tmp: Path, name: str, data: Path, grid: object, **top: object) -> Path:
@@ -149,7 +175,7 @@ def _spec(tmp: Path, name: str, data: Path, grid: object, **top: object) -> Path
     return path
 
 
-def _cases(tmp: Path, data: Path, trained: Path, read_only: Path | None) -> list[Case]:
+def _cases(tmp: Path, data: Path, trained: Path, read_only: Path | None, full: Path | None) -> list[Case]:
     (tmp / "bad.yaml").write_text("train: [1,\n")
     (tmp / "unknown.yaml").write_text("model: {backbone: resnet50, outptu_stride: 16}\n")
     (tmp / "corrupt.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
@@ -184,6 +210,29 @@ def _cases(tmp: Path, data: Path, trained: Path, read_only: Path | None) -> list
     db = f"sqlite:///{tmp / 'mlflow.db'}"
     store = f"sqlite:///{tmp / 'store.db'}"
     mlflow.MlflowClient(store).search_experiments()  # an existing, empty store
+    (tmp / "escape.yaml").write_text('model: {"\\e[2Jevil": 1}\n')  # a key that would clear the terminal
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]  # nine levels of ten aliases: 10⁹ values expanded
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    (tmp / "bomb.yaml").write_text("\n".join(lines) + "\ndata: {root: *a9}\n")
+    huge_grid = _spec(
+        tmp, "hugegrid", data, {"train.seed": list(range(101)), "optim.lr": [i / 1e4 for i in range(1, 102)]}
+    )
+    null_section = tmp / "null_section.yaml"
+    spec = yaml.safe_load(_spec(tmp, "nullsection", data, ok_grid).read_text())
+    null_section.write_text(yaml.safe_dump({**spec, "overrides": {**spec["overrides"], "train": None}}))
+    (tmp / "relspec").mkdir()  # data.root: nodata, relative to the spec's folder (commands run from REPO)
+    relative = tmp / "relspec" / "spec.yaml"
+    relative.write_text(
+        yaml.safe_dump(
+            {**yaml.safe_load(_spec(tmp, "relative", data, ok_grid).read_text()), "name": "relative"}
+        ).replace(str(data), "nodata")
+    )
+    package = tmp / "package"  # the package data, as fork-data would overwrite it
+    shutil.copytree(REPO / "analysis" / "data", package, ignore=shutil.ignore_patterns("published_*"))
+    fork = {
+        how: _fork_logs(tmp / f"fork_{i}", how)
+        for i, how in enumerate(("missing", "cut mid-line", "cut before its final validation"))
+    }
     cases = [
         Case("missing config", ["deeplab", "train", str(tmp / "nope.yaml"), "--run-dir", run], "config file not found"),
         Case(
@@ -366,6 +415,15 @@ def _cases(tmp: Path, data: Path, trained: Path, read_only: Path | None) -> list
         Case("grid key not a string", ["experiments", "sweep", str(int_key)], "grid key 1 must be a string"),
         Case("spec path is a directory", ["experiments", "sweep", str(tmp)], "is a directory, expected a YAML"),
         Case("empty spec file", ["experiments", "status", str(tmp / "empty_spec.yaml")], "expected a mapping"),
+        # issue 18 §3. overrides never reset a section; an alias bomb is refused unread
+        Case("--set train=null", [*train, "--set", "train=null"], "train=null would reset every key of the train"),
+        Case("--set model={}", [*train, "--set", "model={}"], "model={} would reset every key of the model section"),
+        Case(
+            "spec override train: null",
+            ["experiments", "sweep", str(null_section), "--dry-run"],
+            "train=null would reset every key of the train section",
+        ),
+        Case("YAML alias bomb", ["deeplab", "info", str(tmp / "bomb.yaml")], "aliases expand to more than 100,000"),
         # numbers: non-finite floats (tuples included), the label table's class count, seeds numpy cannot take
         Case("optim.lr: .nan", [*train, "--set", "optim.lr=.nan"], "optim.lr must be a finite number, got nan"),
         Case("optim.lr: 1e999", [*train, "--set", "optim.lr=1e999"], "optim.lr must be a finite number, got inf"),
@@ -376,6 +434,18 @@ def _cases(tmp: Path, data: Path, trained: Path, read_only: Path | None) -> list
             "optim.lr must be a finite number",
         ),
         Case("num_classes 21", [*train, "--set", "model.num_classes=21"], "model.num_classes must be 19"),
+        # sizes that would exhaust memory or the scheduler later: refused at once
+        Case("crop 100000²", [*train, "--set", "data.crop_size=[100000,100000]"], "data.crop_size must be 32..4096"),
+        Case(
+            "synthetic frames 100000 high",
+            [*train, "--set", "data.synthetic={height: 100000}"],
+            "data.synthetic.height/width must be in 32..4096",
+        ),
+        Case(
+            "a grid of 10,201 runs",
+            ["experiments", "sweep", str(huge_grid), "--dry-run"],
+            "the grid expands to 10,201 runs; at most 10,000",
+        ),
         Case("train.seed: -1", [*train, "--set", "train.seed=-1"], "train.seed must be in 0..4294967295"),
         Case("train.seed: 2**40", [*train, "--set", f"train.seed={2**40}"], "train.seed must be in 0..4294967295"),
         Case(
@@ -491,6 +561,27 @@ def _cases(tmp: Path, data: Path, trained: Path, read_only: Path | None) -> list
             "cannot write in /sys",
         ),
         Case("demo --workdir is a file", ["analysis", "demo", "--workdir", str(tmp / "a_file")], "is a file"),
+        # issue 18 §3. package data is never regenerated from an incomplete log (--out: a copy of it)
+        Case(
+            "fork-data, a log missing",
+            ["analysis", "fork-data", str(fork["missing"]), "--out", str(package)],
+            "slurm-11311.out (No such file",
+        ),
+        Case(
+            "fork-data, a log cut mid-line",
+            ["analysis", "fork-data", str(fork["cut mid-line"]), "--out", str(package)],
+            "slurm-11311.out is incomplete, refused (the package data is left as it was): it ends mid-line",
+        ),
+        Case(
+            "fork-data, last validation cut",
+            ["analysis", "fork-data", str(fork["cut before its final validation"]), "--out", str(package)],
+            "cut before its final validation",
+        ),
+        Case(  # relative paths in a spec are the spec's, whichever directory the command runs in (here REPO)
+            "relative data.root of a spec",
+            ["experiments", "sweep", str(relative), "--executor", "local"],
+            f"{tmp / 'relspec' / 'nodata'}",
+        ),
         Case(
             "server --artifact-root in /sys",
             ["experiments", "server", "--backend-store-uri", store, "--artifact-root", "/sys/art", "--port", "5999"],
@@ -503,11 +594,29 @@ def _cases(tmp: Path, data: Path, trained: Path, read_only: Path | None) -> list
             [*train, "--set", "data.root=/sys/synthetic"],
             "/sys/.synthetic",
         ),
+        # untrusted text: an escape sequence in a name reaches the terminal as text
+        Case(
+            "escape sequence in a key", ["deeplab", "info", str(tmp / "escape.yaml")], "unknown key model.\\x1b[2Jevil"
+        ),
     ]
     if read_only is not None:
         cases.append(
             Case("--run-dir on a read-only mount", [*train[:-1], str(read_only / "run")], "Read-only file system")
         )
+    if full is not None:  # a disk with no space left at sweep start: the lock's record, then the store
+        on_full = _spec(tmp, "onfull", data, ok_grid, runs_root=str(full / "runs"))
+        spec = yaml.safe_load(on_full.read_text())
+        spec["tracking"]["uri"] = f"sqlite:///{full / 'new.db'}"
+        on_full.write_text(yaml.safe_dump(spec))
+        full_store = _spec(tmp, "fullstore", data, ok_grid, runs_root=str(tmp / "fullstore_runs"))
+        spec = yaml.safe_load(full_store.read_text())
+        spec["tracking"]["uri"] = f"sqlite:///{full / 'store' / 'mlflow.db'}"
+        full_store.write_text(yaml.safe_dump(spec))
+        sweep = ["experiments", "sweep", "--executor", "local", "--no-data-check"]
+        cases += [
+            Case("sweep onto a full disk", [*sweep, str(on_full)], "cannot write its holder record (No space left"),
+            Case("sweep into a store on a full disk", [*sweep, str(full_store)], "mlflow.db: database or disk is full"),
+        ]
     return cases
 
 
@@ -527,11 +636,13 @@ def _check(case: Case, tmp: Path) -> tuple[str, str | None]:
 
 @pytest.mark.slow
 def test_every_bad_input_gives_one_clear_line_and_leaves_nothing(
-    tiny_data: Path, trained: Path, tmp_path: Path
+    tiny_data: Path, trained: Path, tmp_path: Path, _empty_store: Path
 ) -> None:
-    with _read_only_mount(tmp_path / "read_only") as read_only:
-        cases = _cases(tmp_path, tiny_data, trained, read_only)
-        assert len(cases) >= 70
+    with _tmpfs(tmp_path / "read_only", "ro,size=64k") as read_only, _tmpfs(tmp_path / "full", "size=2m") as full:
+        on_full = _fill(full, _empty_store) if full is not None else {}
+        package = _files(REPO / "analysis" / "data")
+        cases = _cases(tmp_path, tiny_data, trained, read_only, full)
+        assert len(cases) >= 85
         before = {p for p in tmp_path.rglob("*")}
         # two commands at a time (most of a case is interpreter start-up), each train on a run directory of its own:
         # two trainers on one directory would meet its lease, not the bad input
@@ -541,12 +652,16 @@ def test_every_bad_input_gives_one_clear_line_and_leaves_nothing(
         ]
         with ThreadPoolExecutor(2) as pool:
             results = list(pool.map(lambda case: _check(case, tmp_path), own))
+        assert full is None or _files(full) == on_full, "a sweep left something on the full disk"
     print("\n".join(["", *(row for row, _ in results)]))
     problems = [problem for _, problem in results if problem]
     assert not problems, "\n".join(problems)
     assert not list(tmp_path.glob("run-*"))  # the train commands failed before writing a run directory
     assert json.loads((tmp_path / "failed-run" / "status.json").read_text())["status"] == "FAILED"
     assert not (tmp_path / "runs").exists() and not (tmp_path / "report").exists() and not (tmp_path / "dl").exists()
+    assert not (tmp_path / "fullstore_runs").exists() and _files(REPO / "analysis" / "data") == package
+    assert _files(tmp_path / "package") == {k: v for k, v in package.items() if not k.startswith("published_")}
+    assert not (tmp_path / "relspec" / "runs").exists() and not (tmp_path / "relspec" / "nodata").exists()
     assert not (tmp_path / "synth").exists() and (tmp_path / "a_file").read_text() == "keep me\n"
     assert not list((tmp_path / "a_dir").iterdir())
     new = {p for p in tmp_path.rglob("*")} - before

@@ -38,3 +38,15 @@ def _yaml(value: object) -> str:
 
 def tiny_config(data_root: Path, **extra: object) -> Config:
     return load_config(TINY, tiny_overrides(data_root, **extra))
+
+
+def fork_log(total: int, interval: int = 100) -> str:
+    """A log in the seed fork's format: a progress line every ``interval`` iterations (the last one before
+    ``total``) and an epoch's validation after the last line printed before each epoch (372 iterations) ends."""
+    lines, epoch_end = [], 372
+    for it in range(interval, total, interval):
+        lines.append(f"iter: {it}/{total}, lr: 0.001000, loss: {2 - it / total:.4f}, eta: 0:01:00, time: 8.0000")
+        if it + interval > epoch_end:
+            lines.append(f"mIOU is: 0.{50 + it // 100}")
+            epoch_end += 372
+    return "\n".join(lines) + "\n"

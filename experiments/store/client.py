@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,9 +33,22 @@ from mlflow.tracking import MlflowClient
 from experiments.errors import ExperimentsError
 from experiments.store.uri import sqlite_path
 
+
+class _RaisedToUs(logging.Filter):
+    """MLflow logs a traceback for each database error before raising it to us (MlflowException); we report it
+    once: one line from a command (``store_error_line``), the run directory's record in a job. A filter, not a
+    level: the logging configuration of MLflow's migrations resets levels."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_RaisedToUs())
+
 _identity: dict[Path, tuple[int, int]] = {}  # sqlite file → (st_dev, st_ino) when this process first opened it
 _clients: dict[str, MlflowClient] = {}
 _guard = threading.Lock()
+_last = threading.local()  # .db: the sqlite file this thread's latest client call went to (None: a server)
 
 
 class StoreGone(ExperimentsError):
@@ -68,6 +83,7 @@ def open_client(uri: str, *, create: bool = False) -> MlflowClient:
     """A client on ``uri``. A sqlite store must exist (``create=True``: it is created once, under the lock) and
     be the same file as when this process first opened it; otherwise StoreGone."""
     db = sqlite_path(uri)
+    _last.db = db.absolute() if db is not None else None
     if db is None:
         with _guard:
             if uri not in _clients:
@@ -79,9 +95,7 @@ def open_client(uri: str, *, create: bool = False) -> MlflowClient:
             _check_same(db)
             return _clients[uri]
         if create and _file_identity(db) is None:
-            with store_lock(db):
-                client = MlflowClient(uri)  # creates the database and runs MLflow's migrations
-                client.search_experiments(max_results=1)
+            client = _create(uri, db)
         else:
             with store_lock(db, exclusive=False):
                 if _file_identity(db) is None:
@@ -90,6 +104,58 @@ def open_client(uri: str, *, create: bool = False) -> MlflowClient:
         _identity[db] = _file_identity(db)  # type: ignore[assignment]
         _clients[uri] = client
         return client
+
+
+def _create(uri: str, db: Path) -> MlflowClient:
+    """Create the sqlite store under its lock; when that fails (a full disk), the files made for it are removed
+    again and the error is one line naming the database."""
+    lock, journal = db.with_name(db.name + ".lock"), db.with_name(db.name + "-journal")
+    made = [p for p in (db, journal, lock) if not p.exists()]
+    try:
+        with store_lock(db):
+            client = MlflowClient(uri)  # creates the database and runs MLflow's migrations
+            client.search_experiments(max_results=1)
+        return client
+    except Exception as err:
+        cause = sqlite_cause(err)
+        if cause is None and not isinstance(err, OSError):
+            raise
+        _drop_engine(uri)
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise ExperimentsError(f"tracking store {db}: cannot create it ({cause or err}); nothing was created") from None
+
+
+def _drop_engine(uri: str) -> None:
+    """Close MLflow's cached engine of a store that failed to be made: its pooled connection would keep the removed
+    file (and its disk space) open, and a later client would write into it."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def sqlite_cause(err: BaseException) -> sqlite3.Error | None:
+    """The sqlite error beneath an MLflow or SQLAlchemy one (a full disk, a read-only or locked file), else None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, sqlite3.Error):
+            return err
+        seen.add(id(err))
+        err = getattr(err, "orig", None) or err.__cause__ or err.__context__
+    return None
+
+
+def store_error_line(err: BaseException) -> str | None:
+    """One line for an error a sqlite store raised beneath MLflow (``database or disk is full``), naming the store
+    this thread last opened a client on (every store call opens one just before it); None for any other error (a
+    bug keeps its traceback)."""
+    cause = sqlite_cause(err)
+    if cause is None:
+        return None
+    return f"tracking store {getattr(_last, 'db', None) or 'sqlite'}: {cause}"
 
 
 def _check_same(db: Path) -> None:

@@ -5,12 +5,24 @@ is the shared one."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
-from tiny import REPO
+from tiny import REPO, fork_log
 
-from analysis.fork_logs import DATA, extract_fork_logs, fork_meta, fork_progress, fork_summary, fork_validations
+from analysis.errors import AnalysisError
+from analysis.fork_logs import (
+    DATA,
+    META,
+    PROGRESS,
+    VALIDATIONS,
+    extract_fork_logs,
+    fork_meta,
+    fork_progress,
+    fork_summary,
+    fork_validations,
+)
 from analysis.published import published_frame
 from analysis.seed_log import parse_seed_log
 
@@ -75,9 +87,67 @@ def test_the_published_table_follows_the_shared_one() -> None:
     assert (DATA / "published_results.csv").read_bytes() == (REFERENCE / "published_results.csv").read_bytes()
 
 
-def test_a_missing_log_is_named_and_nothing_is_written(tmp_path: Path) -> None:
-    from analysis.errors import AnalysisError
+@pytest.fixture
+def package(tmp_path: Path) -> Path:
+    """A copy of the package data, as `fork-data --out` would overwrite it."""
+    out = tmp_path / "data"
+    out.mkdir()
+    for name in (META, VALIDATIONS, PROGRESS):
+        shutil.copyfile(DATA / name, out / name)
+    return out
 
+
+def _logs(tmp_path: Path, last: str) -> Path:
+    """Both logs, the second one (slurm-11311.out, 800 iterations: it ends on a validation) as ``last``."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "slurm-11413.out").write_text(fork_log(1000))
+    (logs / "slurm-11311.out").write_text(last)
+    return logs
+
+
+@pytest.mark.parametrize(
+    ("how", "needle"),
+    [
+        ("cut mid-line", "it ends mid-line, cut while it was written"),
+        ("before the final validation", "its last validation is at iteration 300, more than an epoch (372 "),
+        ("stopped early", "its progress stops at iteration 500 of 800"),
+        ("final evaluation cut", "it ends before its final evaluation's result"),
+    ],
+)
+def test_an_incomplete_log_is_refused_and_the_package_data_stays(
+    tmp_path: Path, package: Path, how: str, needle: str
+) -> None:
+    whole = fork_log(800)
+    assert whole.endswith("mIOU is: 0.57\n")
+    last = {
+        "cut mid-line": whole[:-3],
+        "before the final validation": whole[: whole.rindex("mIOU")],
+        "stopped early": whole[: whole.index("iter: 600")],
+        "final evaluation cut": whole + "evaluating the final model\n",
+    }[how]
+    before = {p.name: p.read_bytes() for p in package.iterdir()}
+    with pytest.raises(AnalysisError) as err:
+        extract_fork_logs(_logs(tmp_path, last), package)
+    assert f"slurm-11311.out is incomplete, refused (the package data is left as it was): {needle}" in str(err.value)
+    assert {p.name: p.read_bytes() for p in package.iterdir()} == before
+
+
+def test_whole_logs_replace_every_file_and_a_failed_write_replaces_none(tmp_path: Path, package: Path) -> None:
+    logs = _logs(tmp_path, fork_log(800))
+    (package / f".{PROGRESS}.tmp").mkdir()  # the last file cannot be written
+    before = {p.name: p.read_bytes() for p in package.iterdir() if p.is_file()}
+    with pytest.raises(AnalysisError, match=rf"cannot write .*\.{PROGRESS}\.tmp"):
+        extract_fork_logs(logs, package)
+    assert {p.name: p.read_bytes() for p in package.iterdir() if p.is_file()} == before  # no temporary left
+    (package / f".{PROGRESS}.tmp").rmdir()
+    written = extract_fork_logs(logs, package)
+    assert sorted(p.name for p in package.iterdir()) == sorted(p.name for p in written)
+    assert fork_summary(fork_validations(package)).validations.tolist() == [2, 2]
+    assert fork_meta(package)["logs"][1]["max_iter"] == 800
+
+
+def test_a_missing_log_is_named_and_nothing_is_written(tmp_path: Path) -> None:
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "slurm-11413.out").write_text("iter: 100/60000, lr: 0.1, loss: 1.0, eta: 1:00:00, time: 8.0\n")
     with pytest.raises(AnalysisError, match=r"slurm-11413.out has no validation"):

@@ -42,3 +42,22 @@ def test_a_seed_twice_is_an_error_not_two_samples() -> None:
     runs = _runs(("a", "resnet101", 3, {}), ("a-again", "resnet101", 3, {}), ("b", "resnet101", 4, {}))
     with pytest.raises(AnalysisError, match=r"^iterations=6, resnet101: seed 3 comes 2 times \(runs a, a-again\)"):
         check_one_configuration(runs, AXES)
+
+
+def test_runs_of_two_specs_in_one_experiment_are_refused_naming_the_keys() -> None:
+    """Two specs sharing a name (one experiment) on different bases: every differing key up to four, then …"""
+    other = {"model.output_stride": "8", "data.crop_size": "[512, 1024]", "optim.lr": "0.02", "train.amp": "bf16"}
+    runs = _runs(("a", "resnet101", 0, {}), ("b", "resnet101", 1, {**other, "eval.flip": "True"}))
+    with pytest.raises(AnalysisError) as err:
+        check_one_configuration(runs, AXES)
+    assert (
+        "runs a and b differ in data.crop_size, eval.flip, model.output_stride, optim.lr … as well as the seed"
+        in str(err.value)
+    )
+
+
+def test_a_grid_axis_makes_cells_of_its_own_not_a_difference() -> None:
+    """The same key as a recorded grid axis: its values are separate cells, each one configuration."""
+    axes = StudyAxes("resnet101", "resnet50", ("train.iterations", "optim.lr"))
+    runs = _runs(*((f"{lr}-{s}", "resnet50", s, {"optim.lr": lr}) for lr in ("0.01", "0.02") for s in (0, 1)))
+    check_one_configuration(runs.assign(**{"optim.lr": [r["optim.lr"] for r in runs.config_params]}), axes)

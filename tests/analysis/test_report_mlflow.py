@@ -22,10 +22,18 @@ if TYPE_CHECKING:
     from conftest import SweepStore
 
 
+# files of the user's in the folder the report is written into: left alone, never published
+THEIRS = {"notes.txt": "mine\n", "figures/sketch.png": "not the report's\n", "evidence/draft.md": "# draft\n"}
+
+
 @pytest.fixture(scope="module")
 def published(sweep_store: SweepStore, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The report written (and published) once; the out dir and the parent run's id."""
+    """The report written (and published) once, into a folder that holds other files; the out dir and the parent
+    run's id."""
     out = tmp_path_factory.mktemp("published")
+    for name, text in THEIRS.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
     write_report(sweep_store.experiment, sweep_store.tracking_uri, out, n_boot=100)
     found = sweep_parent(sweep_store.tracking_uri, sweep_store.experiment)
     assert found is not None, "the fixture sweep has a parent run"
@@ -94,7 +102,8 @@ def test_report_files_are_parent_run_artifacts(published: tuple[Path, str], swee
     names = {f.path for f in client.list_artifacts(parent, "report")}
     assert {"report/report.md", "report/report.html", "report/figures"} <= names
     figures = {Path(f.path).name for f in client.list_artifacts(parent, "report/figures")}
-    assert figures == {p.name for p in (out / "figures").iterdir()} and "curves.png" in figures
+    own = {p.name for p in (out / "figures").iterdir() if f"figures/{p.name}" not in THEIRS}
+    assert figures == own and "curves.png" in figures
     local = Path(client.download_artifacts(parent, "report/report.html", str(out / "downloaded")))
     assert local.read_bytes() == (out / "report.html").read_bytes()
 
@@ -130,10 +139,11 @@ def test_a_second_publication_replaces_the_first(published: tuple[Path, str], sw
     before = {f.path for f in client.list_artifacts(parent, "report")}
     key = f"{DELTA_METRIC}/iterations-4"
     published_before = len(client.get_metric_history(parent, key))  # other tests report too
+    files = [out / Path(name).relative_to("report") for name in sorted(_artifacts(client, parent))]
     eid = experiment_id(sweep_store)
     note = f"again {artifact_link(eid, parent, 'report/report.html')}"
     publish_to_run(uri, eid, parent, experiment_note="second", run_note=note, metrics={key: 1.25},
-                   artifacts=report_artifacts(out))  # fmt: skip
+                   artifacts=report_artifacts(out, files))  # fmt: skip
     run = client.get_run(parent)
     assert run.data.metrics[key] == 1.25
     history = client.get_metric_history(parent, key)
@@ -146,13 +156,57 @@ def test_a_second_publication_replaces_the_first(published: tuple[Path, str], sw
     write_report(sweep_store.experiment, uri, out, n_boot=100)  # put the real verdict back for the other tests
 
 
+def _artifacts(client: MlflowClient, run_id: str, path: str = "report") -> set[str]:
+    listed = client.list_artifacts(run_id, path)
+    return {f.path for f in listed if not f.is_dir} | {
+        p for f in listed if f.is_dir for p in _artifacts(client, run_id, f.path)
+    }
+
+
+def test_the_report_publishes_its_own_files_only(published: tuple[Path, str], sweep_store: SweepStore) -> None:
+    out, parent = published
+    for name, text in THEIRS.items():
+        assert (out / name).read_text() == text, f"{name}: the user's file was changed"
+    artifacts = _artifacts(MlflowClient(sweep_store.tracking_uri), parent)
+    assert not {f"report/{name}" for name in THEIRS} & artifacts
+    assert {
+        "report/report.md",
+        "report/report.html",
+        "report/figures/cost.svg",
+        "report/evidence/report.md",
+    } <= artifacts
+    assert {"report/evidence/figures/forest.png", "report/figures/curves.png"} <= artifacts
+
+
+def test_publishing_uploads_the_files_it_is_given_and_leaves_the_folder_alone(
+    tmp_path: Path, sqlite_store: str
+) -> None:
+    """`analysis report --out DIR` into a folder holding other files: only the report's files reach MLflow, at
+    their places below report/; the others are neither uploaded, moved nor deleted."""
+    from experiments.store import ensure_experiment, ensure_parent_run
+
+    uri = sqlite_store
+    eid = ensure_experiment(uri, "mine")
+    run_id = ensure_parent_run(uri, eid, "mine", folder=tmp_path / "runs" / "mine")
+    out = tmp_path / "out"
+    own = ["report.md", "report.html", "figures/curves.png", "evidence/report.md", "evidence/figures/forest.svg"]
+    theirs = ["notes.txt", "figures/old_plot.png", "evidence/draft.md", "data/big.csv"]
+    for name in own + theirs:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(name)
+    publish_to_run(uri, eid, run_id, experiment_note="h", run_note="d", metrics={},
+                   artifacts=report_artifacts(out, [out / name for name in own]))  # fmt: skip
+    assert _artifacts(MlflowClient(uri), run_id) == {f"report/{name}" for name in own}
+    assert all((out / name).read_text() == name for name in own + theirs)
+
+
 def test_runs_without_a_parent_are_not_published(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for backbone, miou in (("resnet50", 59.0), ("resnet101", 60.0)):  # imported logs: runs, but no sweep parent
         params = {"model.backbone": backbone, "train.iterations": "4"}
         record_run(uri, "imported", key=f"fork:{backbone}", run_name=backbone, tags={"config_hash": backbone},
                    params=params, metrics=[("val/mIoU", miou, 4)], status="FINISHED")  # fmt: skip
-    publish_to_mlflow(compare("imported", uri, n_boot=10), tmp_path)
+    publish_to_mlflow(compare("imported", uri, n_boot=10), tmp_path, [])
     said = capsys.readouterr().out.strip().splitlines()
     assert len(said) == 1 and "no single sweep parent run" in said[0]
     assert sweep_parent(uri, "imported") is None

@@ -159,3 +159,31 @@ def test_flatten_gives_dotted_keys() -> None:
     assert flat["model.backbone"] == "resnet101"
     assert flat["data.synthetic"] is None
     assert all(" " not in k for k in flat)
+
+
+@pytest.mark.parametrize("override", ["train=null", "model={}", "data=null", "eval={}"])
+def test_a_whole_section_is_never_reset_by_an_override(tmp_path: Path, override: str) -> None:
+    (tmp_path / "c.yaml").write_text("train: {iterations: 10, seed: 3}\nmodel: {backbone: resnet50}\n")
+    section = override.split("=")[0]
+    with pytest.raises(DeeplabError) as err:
+        load_config(tmp_path / "c.yaml", [override])
+    assert f"config: {override} would reset every key of the {section} section" in str(err.value)
+    assert f"({section}.KEY=VALUE)" in str(err.value)
+
+
+def test_a_mapping_sets_the_keys_it_names_and_an_optional_section_may_be_null(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        "model: {backbone: resnet50, output_stride: 8}\ndata: {synthetic: {train: 4, val: 2, height: 64}}\n"
+    )
+    cfg = load_config(tmp_path / "c.yaml", {"model": {"image_pooling": True}, "data.synthetic": {"train": 6}})
+    assert (cfg.model.backbone, cfg.model.output_stride, cfg.model.image_pooling) == ("resnet50", 8, True)
+    assert (cfg.data.synthetic.train, cfg.data.synthetic.val, cfg.data.synthetic.height) == (6, 2, 64)
+    assert load_config(tmp_path / "c.yaml", ["data.synthetic=null"]).data.synthetic is None
+    off = tmp_path / "off.yaml"
+    off.write_text("data: {synthetic: null}\n")
+    assert (
+        load_config(off, ["data.synthetic={}"]).data.synthetic
+        == load_config(off, ["data.synthetic.train=32"]).data.synthetic
+    )
+    with pytest.raises(DeeplabError, match=r"unknown key model\.outptu_stride \(did you mean model\.output_stride"):
+        load_config(tmp_path / "c.yaml", ["model={outptu_stride: 16}"])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tiny import TINY
 
@@ -109,6 +110,32 @@ def test_runs_left_going_by_dead_jobs_are_reconciled_from_their_run_dirs(tiny_da
     notes, rows = status_report(spec)
     assert len(notes) == 1 and notes[0].endswith("has ended at iteration 0/6: FAILED")
     assert client.get_run(parent).info.status == "FAILED"  # the last child to end closed it
+
+
+def test_status_shows_the_iteration_a_run_really_reached(tiny_data: Path, tmp_path: Path, sqlite_store: str) -> None:
+    """Not the last log window's step: a finished run's last iteration (its final validation and checkpoint), and
+    the checkpoint's when the store lags behind the run directory."""
+    spec = load_spec(_spec(tmp_path, tiny_data, {"train.seed": [0, 1, 2]}, **{"train.iterations": 6}))
+    uri = spec.tracking_uri
+    assert uri == sqlite_store
+    windows, validated, lagging = plan(spec, uri, dry_run=False)
+    client = MlflowClient(uri)
+    for p, lr_steps, val_steps, status in (
+        (windows, [4], [], "FINISHED"),  # train.log_every 4: no window at 6; the checkpoint says 6
+        (validated, [4], [6], "FINISHED"),  # the final validation at 6
+        (lagging, [2], [], "FAILED"),  # the checkpoint of iteration 4 is on disk, MLflow has points up to 2
+    ):
+        points = [Metric("train/lr", 0.01, 1000 + s, s) for s in lr_steps]
+        client.log_batch(p.child.run_id, metrics=points + [Metric("val/mIoU", 50.0, 2000 + s, s) for s in val_steps])
+        set_run_status(uri, p.run.run_dir, status)
+    _checkpoint(windows.run, 6, finished=True)
+    _checkpoint(lagging.run, 4, finished=False)
+    _, rows = status_report(spec)
+    assert [(r["status"], r["iteration"]) for r in rows] == [
+        ("FINISHED", "6/6"),
+        ("FINISHED", "6/6"),
+        ("FAILED", "4/6"),
+    ]
 
 
 def test_a_store_deleted_mid_sweep_is_not_recreated_and_comes_back_whole(tiny_data: Path, tmp_path: Path) -> None:

@@ -90,6 +90,36 @@ def test_a_directory_is_not_a_spec(tmp_path: Path) -> None:
         load_spec(tmp_path)
 
 
+def test_relative_paths_in_a_spec_are_the_specs_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """base, runs_root, a sqlite tracking URI and the config's paths in overrides and grid resolve against the spec's
+    folder; absolute paths and model.weights' names stay as written."""
+    folder = tmp_path / "study" / "specs"
+    folder.mkdir(parents=True)
+    (folder / "base.yaml").write_text((REPO / "configs" / "synthetic_tiny.yaml").read_text())
+    path = folder / "spec.yaml"
+    path.write_text(
+        "name: rel\nbase: base.yaml\nruns_root: ../runs\ntracking: {uri: 'sqlite:///../mlflow.db'}\n"
+        "overrides: {data: {cache: cache}, model.weights: imagenet}\n"
+        "grid: {data.root: [data, /abs/data, ../other], model.backbone: [resnet50]}\n"
+    )
+    seen = []
+    for cwd, given in ((tmp_path, path), (folder, Path("spec.yaml")), (REPO, path)):
+        monkeypatch.chdir(cwd)
+        spec = load_spec(given)
+        runs = expand_grid(spec)
+        seen.append(
+            (spec.base, spec.runs_root, spec.tracking_uri, [(r.config.data.root, r.config.data.cache) for r in runs])
+        )
+        assert {r.config.model.weights for r in runs} == {"imagenet"}
+    study = tmp_path / "study"
+    assert seen[0] == seen[1] == seen[2]
+    assert seen[0][:3] == (folder / "base.yaml", study / "runs", f"sqlite:///{study / 'mlflow.db'}")
+    cache = str(folder / "cache")
+    assert seen[0][3] == [(str(folder / "data"), cache), ("/abs/data", cache), (str(study / "other"), cache)]
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "experiments", *args], capture_output=True, text=True, cwd=cwd, timeout=120
