@@ -326,10 +326,14 @@ def dataset_input(dataset: RunDataset) -> DatasetInput:
     return DatasetInput(record, tags=[InputTag("mlflow.data.context", dataset.context)])
 
 
-def append_points(run_dir: Path, metrics: dict[str, float], step: int) -> None:
-    """Add points to a record that several processes write (a sweep's parent): a (key, step) once."""
+def append_points(run_dir: Path, metrics: dict[str, float], step: int | None = None) -> None:
+    """Add points to a record that several processes write (a sweep's parent): a (key, step) once. Without a
+    step: Unix seconds, or one past the keys' last step when that is later (two writers in one second)."""
     with _locked(run_dir, RECORD_LOCK):
         tracker = JsonlTracker(run_dir)
+        if step is None:
+            last = tracker._steps()
+            step = max([int(time.time()), *(last.get(k, -1) + 1 for k in metrics)])
         tracker.log_metrics(metrics, step)
         tracker.flush()
 

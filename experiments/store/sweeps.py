@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +12,14 @@ from typing import Any
 from deeplab.tracking import (
     COST_DEVICE_HOURS,
     COST_WALL_HOURS,
+    METRICS_FILE,
     TAGS_FILE,
+    complete_lines,
     read_record_json,
     read_status,
     write_record_json,
     write_status,
 )
-from deeplab.usage import recorded as usage_metrics
 from experiments.errors import ExperimentsError
 from experiments.store.client import open_client
 from experiments.store.mirror import (
@@ -179,11 +179,16 @@ def update_parent(uri: str, folder: Path) -> str | None:
         return None
     children = child_dirs(folder)
     sums = {COST_WALL_HOURS: 0.0, COST_DEVICE_HOURS: 0.0}
-    for run_dir in children:
-        for key, value in (usage_metrics(run_dir) or {}).items():
-            if key in sums:
-                sums[key] += value
-    append_points(record, sums, int(time.time()))
+    for run_dir in children:  # each child's latest recorded point: what its own run page shows
+        lines, _ = complete_lines(run_dir / METRICS_FILE)
+        latest: dict[str, tuple[int, float]] = {}
+        for line in (x for x in lines if '"cost/' in x):
+            point = json.loads(line)
+            if point["key"] in sums and point["step"] >= latest.get(point["key"], (-1, 0.0))[0]:
+                latest[point["key"]] = (point["step"], point["value"])
+        for key, (_, value) in latest.items():
+            sums[key] += value
+    append_points(record, sums)
     statuses = [(read_status(d) or {}).get("status") for d in children]
     status = "RUNNING"
     if statuses and all(s in TERMINAL for s in statuses):

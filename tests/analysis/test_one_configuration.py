@@ -60,4 +60,4 @@ def test_a_grid_axis_makes_cells_of_its_own_not_a_difference() -> None:
     """The same key as a recorded grid axis: its values are separate cells, each one configuration."""
     axes = StudyAxes("resnet101", "resnet50", ("train.iterations", "optim.lr"))
     runs = _runs(*((f"{lr}-{s}", "resnet50", s, {"optim.lr": lr}) for lr in ("0.01", "0.02") for s in (0, 1)))
-    check_one_configuration(runs.assign(**{"optim.lr": [r["optim.lr"] for r in runs.config_params]}), axes)
+    check_one_configuration(runs.assign(**{"optim.lr": [c.optim.lr for c in runs.config]}), axes)

@@ -210,7 +210,7 @@ def test_two_task_job_trains_as_two_ddp_ranks(slurm_cluster: LocalCluster, tmp_p
     spec = load_spec(path)
     out = _submit_and_wait(spec)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:] + _logs(spec)
-    assert "  done  s0: val mIoU " in out.stdout
+    assert "  done  seed=0: val mIoU " in out.stdout
     [job] = _job_ids(spec)
     assert slurm_cluster.wait(job) == "COMPLETED"
 
