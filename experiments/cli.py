@@ -91,7 +91,6 @@ def sync(
     run directories alone: the experiment, the parent run with its grid, every child with its params, curves,
     images, artifacts and status; records already in this store are only mirrored."""
     from experiments.reconcile import reconcile
-    from experiments.spec import RunSpec
     from experiments.store import (
         PARENT_DIR,
         check_reachable,
@@ -122,8 +121,7 @@ def sync(
     experiment_id = find_experiment(uri, spec.experiment)
     parent = parent_run(uri, experiment_id, spec.name) if experiment_id else None
     children = child_runs(uri, experiment_id, parent) if parent else {}
-    runs: list[RunSpec] = spec_runs(spec)
-    return synced, [f"reconciled {fixed.line}" for fixed in reconcile(uri, runs, children)]
+    return synced, [f"reconciled {fixed.line}" for fixed in reconcile(uri, spec_runs(spec), children)]
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:

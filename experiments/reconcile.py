@@ -64,40 +64,29 @@ def reconcile(
             write_run_id(r.run_dir, child.run_id, uri)
         progress = checkpoint_progress(r.run_dir / CHECKPOINT_NAME)
         finished = progress is not None and progress[1] is not None
-        status = recorded(r)
+        status = was = recorded(r)
+        why = None  # the failure_reason recorded with a status decided here
         if status not in STUCK:  # the job ended the run in its record; MLflow missed it
-            sent = mirror_run(uri, r.run_dir).points
-            note = f" ({sent} points mirrored)" if sent else ""
-            line = f"{r.name}: was {child.status}, {reason}; its run directory ended it {status}{note}"
+            line = f"{r.name}: was {child.status}, {reason}; its run directory ended it {status}"
         elif finished:
-            status = "FINISHED"
-            write_status(r.run_dir, status)
-            sent = mirror_run(uri, r.run_dir).points
-            line = f"{r.name}: was {child.status}, {reason}; its checkpoint is finished: FINISHED" + _note(sent)
+            status, line = "FINISHED", f"{r.name}: was {child.status}, {reason}; its checkpoint is finished: FINISHED"
         elif resubmitting:
-            sent = mirror_run(uri, r.run_dir).points
-            if not sent:
-                continue
-            line = f"{r.name}: {reason}; its run directory mirrored before it is resubmitted{_note(sent)}"
+            line = f"{r.name}: {reason}; its run directory mirrored before it is resubmitted"
         elif record is None and progress is None:
-            status = "KILLED"
-            write_status(r.run_dir, status, reason)
-            line = f"{r.name}: was {child.status}, {reason}: KILLED" + _note(mirror_run(uri, r.run_dir).points)
+            status, why, line = "KILLED", reason, f"{r.name}: was {child.status}, {reason}: KILLED"
         else:
             status, reached = "FAILED", f"iteration {progress[0] if progress else 0}/{r.config.train.iterations}"
-            write_status(r.run_dir, status, f"{reason} at {reached}; `experiments sweep` resumes it")
-            line = f"{r.name}: was {child.status}, {reason} at {reached}: FAILED" + _note(
-                mirror_run(uri, r.run_dir).points
+            why, line = (
+                f"{reason} at {reached}; `experiments sweep` resumes it",
+                f"{r.name}: was {child.status}, {reason} at {reached}: FAILED",
             )
+        if status != was:
+            write_status(r.run_dir, status, why)
+        sent = mirror_run(uri, r.run_dir).points
+        if status in STUCK and not sent:  # resubmitting, and nothing was waiting to be mirrored
+            continue
+        line += f" ({sent} points mirrored)" if sent else ""
         done.append(Reconciled(r.config_hash, child.run_id, status, line))
     if any(d.status not in STUCK for d in done) and runs:  # the parent ends once none of its children is going
         update_parent(uri, runs[0].run_dir.parent)
     return done
-
-
-def STUCK_IN(*statuses: str) -> bool:
-    return any(s in STUCK for s in statuses)
-
-
-def _note(sent: int) -> str:
-    return f" ({sent} points mirrored)" if sent else ""

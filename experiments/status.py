@@ -57,8 +57,8 @@ def status_report(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[lis
         runs, notes = _study_runs(spec, uri, parent, children)
     known = {c.run_id for c in children.values()}
     lost = [r for r in runs if (run_id := read_run_id(r.run_dir)) and run_id not in known]
-    gone = {r.config_hash: gone_reason(uri, r.run_dir) for r in lost[:1]}  # one line says what happened and why
-    notes += [f"note: {reason} ({len(lost)} run dir(s) so)" for reason in gone.values() if reason]
+    if lost and (reason := gone_reason(uri, lost[0].run_dir)):  # one line says what happened and why
+        notes.append(f"note: {reason} ({len(lost)} run dir(s) so)")
     if busy := sweep_busy(spec.runs_root / spec.name):
         notes.append(f"note: {busy} is submitting this sweep right now; states may change in a moment")
     else:

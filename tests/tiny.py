@@ -8,6 +8,19 @@ from deeplab.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "synthetic_tiny.yaml"
+STUDY = REPO / "experiments" / "sweeps" / "r50_vs_r101_cityscapes.yaml"
+
+
+def study_spec_file(tmp_path: Path, analysis: dict, seeds: int = 16) -> Path:
+    """The shipped study spec with another ``analysis`` section and ``seeds`` seeds, written into ``tmp_path``."""
+    import yaml
+
+    spec = yaml.safe_load(STUDY.read_text())
+    spec |= {"base": str(REPO / "configs" / "cityscapes_r101_seed.yaml"), "analysis": analysis}
+    spec["grid"]["train.seed"] = list(range(seeds))
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
+    return path
 
 
 def tiny_overrides(data_root: Path, **extra: object) -> list[str]:

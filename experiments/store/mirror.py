@@ -189,9 +189,9 @@ def _create(client: Any, uri: str, run_dir: Path, experiment_id: str) -> str:
 
 
 def _params(client: Any, run: Any, run_dir: Path, done: Mirrored) -> None:
-    stored = run.data.params
-    new = [p for p in params_of(read_record_json(run_dir, PARAMS_FILE)) if p.key not in stored]
-    for p in params_of(read_record_json(run_dir, PARAMS_FILE)):
+    stored, recorded = run.data.params, params_of(read_record_json(run_dir, PARAMS_FILE))
+    new = [p for p in recorded if p.key not in stored]
+    for p in recorded:
         if p.key in stored and stored[p.key] != p.value:
             raise ExperimentsError(
                 f"{run_dir / PARAMS_FILE}: param {p.key} is {p.value!r}, MLflow run {run.info.run_id} has "
@@ -204,8 +204,7 @@ def _params(client: Any, run: Any, run_dir: Path, done: Mirrored) -> None:
 
 def _tags(client: Any, run: Any, run_dir: Path, done: Mirrored) -> None:
     recorded = read_record_json(run_dir, TAGS_FILE)
-    parent = run_dir.parent / PARENT_DIR
-    if run_dir.name != PARENT_DIR and (parent_id := read_run_id(parent) if (parent / RUN_FILE).exists() else None):
+    if run_dir.name != PARENT_DIR and (parent_id := read_run_id(run_dir.parent / PARENT_DIR)):
         recorded[PARENT_TAG] = parent_id
     stored = run.data.tags
     new = [t for t in tags_of({k: v for k, v in recorded.items() if v is not None}) if stored.get(t.key) != t.value]

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from tiny import study_spec_file
 
 from analysis.plan import ANCHOR_S_PER_IT, format_plan, plan_study
 from analysis.power import seeds_for_power, tost_power
@@ -153,22 +154,13 @@ def test_the_cli_prints_the_plan_and_refuses_bad_input(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--sd: expected a positive finite number" in bad.stderr
 
 
-def _write(tmp_path: Path, analysis: dict, seeds: int = 16) -> Path:
-    spec = yaml.safe_load(STUDY.read_text())
-    spec |= {"base": str(REPO / "configs" / "cityscapes_r101_seed.yaml"), "analysis": analysis}
-    spec["grid"]["train.seed"] = list(range(seeds))
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
-    return path
-
-
 def test_a_paired_spec_shows_the_paired_power_beside_welchs(tmp_path: Path) -> None:
     """analysis.paired: 2000 replicates per figure (se ≤ 0.011); at ρ 0.6 the paired test gains over Welch's
     at sd 0.7, at ρ 0 it cannot (fewer df)."""
     sequential = {"looks": [8, 16], "futility": True}
     with pytest.raises(ExperimentsError, match="analysis.paired must be true or false"):
-        load_spec(_write(tmp_path, {"margin": 0.5, "paired": "yes"}))
-    spec = load_spec(_write(tmp_path, {"margin": 0.5, "paired": True, "sequential": sequential}))
+        load_spec(study_spec_file(tmp_path, {"margin": 0.5, "paired": "yes"}))
+    spec = load_spec(study_spec_file(tmp_path, {"margin": 0.5, "paired": True, "sequential": sequential}))
     assert spec.paired and spec.sequential.looks == (8, 16) and spec.sequential.max_seeds is None
     plan = plan_study(spec, "sqlite:////x/y.db", sd=0.46, replicates=2000)
     rows = [r for r in plan.designs.rows if r.paired]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import study_spec_file
 
 from experiments.errors import ExperimentsError
 from experiments.spec import expand_grid, load_spec
@@ -166,15 +167,6 @@ def test_dry_run_creates_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def _write(tmp_path: Path, analysis: dict, seeds: int = 16) -> Path:
-    spec = yaml.safe_load(STUDY.read_text())
-    spec |= {"base": str(REPO / "configs" / "cityscapes_r101_seed.yaml"), "analysis": analysis}
-    spec["grid"]["train.seed"] = list(range(seeds))
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
-    return path
-
-
 @pytest.mark.parametrize(
     ("sequential", "message"),
     [
@@ -195,7 +187,7 @@ def _write(tmp_path: Path, analysis: dict, seeds: int = 16) -> Path:
 )
 def test_a_bad_sequential_section_is_one_line_naming_the_field(tmp_path: Path, sequential, message: str) -> None:
     with pytest.raises(ExperimentsError) as err:
-        load_spec(_write(tmp_path, {"margin": 0.5, "sequential": sequential}))
+        load_spec(study_spec_file(tmp_path, {"margin": 0.5, "sequential": sequential}))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -210,7 +202,7 @@ def test_a_bad_sequential_section_is_one_line_naming_the_field(tmp_path: Path, s
 def test_a_sequential_study_compares_one_configuration_of_two_backbones(
     tmp_path: Path, analysis: dict, grid: dict, message: str
 ) -> None:
-    path = _write(tmp_path, {**analysis, "sequential": {"looks": [8, 16]}})
+    path = study_spec_file(tmp_path, {**analysis, "sequential": {"looks": [8, 16]}})
     spec = yaml.safe_load(path.read_text())
     spec["grid"] |= grid
     path.write_text(yaml.safe_dump(spec, allow_unicode=True))
